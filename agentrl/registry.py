@@ -1,0 +1,149 @@
+"""Environment registry: agentrl ids live in Gymnasium's own registry, under the ``agentrl`` namespace.
+
+``import agentrl`` registers the built-in ids, so ``gymnasium.make("agentrl/TextWorld-v0")`` works.
+Nothing heavy is imported until an env is made: entry points are ``"module:Class"`` strings.
+
+Third-party packages add environments through the entry-point group ``agentrl.environments``; each
+entry point names a callable that calls :func:`register`. They are discovered lazily, the first time
+:func:`list_envs`, :func:`make` or the command line needs them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+import gymnasium as gym
+
+ENTRY_POINT_GROUP = "agentrl.environments"
+
+
+class UnknownEnvError(KeyError):
+    """No environment is registered under that id or alias."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want a plain line
+        return str(self.args[0])
+
+
+class MissingDependencyError(ImportError):
+    """An environment needs an optional dependency that is not installed."""
+
+
+@dataclass(frozen=True)
+class EnvEntry:
+    """What agentrl knows about a registered id, beyond Gymnasium's ``EnvSpec``."""
+
+    id: str
+    entry_point: str | Any
+    alias: str | None = None
+    description: str = ""
+    requires: tuple[str, ...] = ()  # importable modules the env needs
+    extra: str | None = None  # the pip extra that installs them
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def missing(self) -> list[str]:
+        """Required modules that cannot be imported here."""
+        return [m for m in self.requires if importlib.util.find_spec(m) is None]
+
+
+_ENTRIES: dict[str, EnvEntry] = {}
+_ALIASES: dict[str, str] = {}
+_plugins_loaded = False
+
+
+def register(
+    id: str,
+    entry_point: str | Any,
+    *,
+    alias: str | None = None,
+    description: str = "",
+    requires: tuple[str, ...] | list[str] = (),
+    extra: str | None = None,
+    **kwargs: Any,
+) -> None:
+    """Register ``id`` (``namespace/Name-vN``) with Gymnasium and agentrl.
+
+    ``entry_point`` is a ``"module:Class"`` string (imported only when the env is made) or a callable;
+    ``kwargs`` are default constructor arguments; ``alias`` is a short name for :func:`make` and the
+    command line; ``requires``/``extra`` let :func:`make` say which extra to install when a module is
+    missing. Registering an id again replaces it.
+    """
+    if "/" not in id or "-v" not in id:
+        raise ValueError(f"env ids look like 'namespace/Name-vN', got {id!r}")
+    if id in gym.registry:
+        del gym.registry[id]
+    gym.register(
+        id=id,
+        entry_point=entry_point,
+        kwargs=dict(kwargs),
+        disable_env_checker=True,  # agentrl.check_env is the checker; make() returns the env itself
+        order_enforce=False,  # TextEnv enforces reset-before-step and raises EpisodeOver
+    )
+    entry = EnvEntry(id, entry_point, alias, description, tuple(requires), extra, dict(kwargs))
+    _ENTRIES[id] = entry
+    if alias:
+        _ALIASES[alias.lower()] = id
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()()
+        except Exception as exc:  # a broken plugin must not break agentrl for everyone else
+            warnings.warn(f"agentrl: environment plugin {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
+
+
+def list_envs() -> list[EnvEntry]:
+    """Every registered agentrl environment (built-in and plugins), sorted by id."""
+    _load_plugins()
+    return [_ENTRIES[k] for k in sorted(_ENTRIES)]
+
+
+def resolve(id_or_alias: str) -> EnvEntry:
+    """Find the entry for an id (``agentrl/WebShop-v0``) or alias (``webshop``)."""
+    _load_plugins()
+    if id_or_alias in _ENTRIES:
+        return _ENTRIES[id_or_alias]
+    key = id_or_alias.lower()
+    if key in _ALIASES:
+        return _ENTRIES[_ALIASES[key]]
+    for entry_id in _ENTRIES:  # accept the id without its namespace or case: "TextWorld-v0"
+        if entry_id.split("/", 1)[-1].lower() == key:
+            return _ENTRIES[entry_id]
+    known = ", ".join(sorted(_ALIASES)) or "none"
+    raise UnknownEnvError(f"unknown environment {id_or_alias!r}; known aliases: {known} (see `agentrl envs list`)")
+
+
+def make(id_or_alias: str, **kwargs: Any):
+    """Create an environment by id or alias; ``kwargs`` override the registered defaults.
+
+    Returns the env itself (no Gymnasium wrappers), so ``task_ids`` and ``expert_action`` are
+    directly callable.
+    """
+    entry = resolve(id_or_alias)
+    missing = entry.missing()
+    if missing:
+        hint = f"pip install 'agentrl[{entry.extra}]'" if entry.extra else f"pip install {' '.join(missing)}"
+        raise MissingDependencyError(f"{entry.id} needs {', '.join(missing)}, which is not installed: {hint}")
+    return gym.make(entry.id, **kwargs).unwrapped
+
+
+def _register_builtins() -> None:
+    register(
+        "agentrl/TextWorld-v0",
+        "agentrl.environments.textworld.env:TextWorldEnv",
+        alias="textworld",
+        description="TextWorld quests generated locally from a seed (cooking-free treasure hunts)",
+        requires=("textworld",),
+        extra="textworld",
+    )
+
+
+_register_builtins()

@@ -1,0 +1,1 @@
+"""Built-in agentrl environments, one subpackage per benchmark (imported as ``agentrl.environments``)."""

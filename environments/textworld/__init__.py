@@ -1,0 +1,1 @@
+"""TextWorld quests generated locally (``agentrl/TextWorld-v0``)."""

@@ -1,0 +1,1 @@
+"""Training recipes, one script per (benchmark, algorithm); run with ``agentrl train NAME``."""

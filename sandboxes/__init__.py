@@ -1,0 +1,1 @@
+"""Code-execution sandboxes (imported as ``agentrl.sandboxes``)."""
