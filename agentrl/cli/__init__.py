@@ -1,0 +1,54 @@
+"""The ``agentrl`` command line.
+
+Each area has its own module with a Typer sub-app (``envs.py``, ...); this module mounts them and
+turns user mistakes into one clear line plus a hint instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from agentrl.cli import envs
+from agentrl.cli.common import UserError, console_err
+
+app = typer.Typer(
+    name="agentrl",
+    help="Multi-turn text environments and reinforcement learning for LLM agents.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(envs.app, name="envs")
+app.command("play")(envs.play)
+app.command("eval")(envs.eval_cmd)
+
+
+def main() -> None:
+    """Console entry point: run the app, report user errors on one line, exit non-zero."""
+    import agentrl
+
+    expected = (UserError, agentrl.UnknownEnvError, agentrl.MissingDependencyError, ValueError, FileNotFoundError)
+    try:
+        app(standalone_mode=False)
+    except expected as exc:
+        hint = getattr(exc, "hint", None)
+        console_err.print(f"[bold red]error:[/] {exc}" + (f"\n[dim]hint: {hint}[/]" if hint else ""), highlight=False)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        console_err.print("aborted")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors and friends
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""``agentrl envs list|info|check``, ``agentrl play`` and ``agentrl eval``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from agentrl.cli.common import UserError, console, parse_kv, write_json
+
+app = typer.Typer(help="List, describe and check environments.", no_args_is_help=True)
+
+EnvArg = Annotated[str, typer.Argument(help="Environment id or alias (see `agentrl envs list`).")]
+EnvArgs = Annotated[
+    list[str] | None,
+    typer.Option("--env-arg", "-e", help="Constructor argument key=value (repeatable), e.g. -e difficulty=medium."),
+]
+
+
+def _make(env: str, split: str | None = None, env_args: dict[str, Any] | None = None):
+    import agentrl
+
+    entry = agentrl.registry.resolve(env)
+    kwargs = dict(env_args or {})
+    if split is not None:
+        kwargs["split"] = split
+    try:
+        return entry, agentrl.make(entry.id, **kwargs)
+    except TypeError as exc:  # an unknown constructor argument
+        raise UserError(f"{entry.id}: {exc}", hint="check the -e/--env-arg names with `agentrl envs info`") from None
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """List registered environments and whether their dependencies are installed."""
+    import agentrl
+
+    table = Table(title="agentrl environments")
+    for column in ("id", "alias", "installed", "description"):
+        table.add_column(column)
+    for entry in agentrl.list_envs():
+        missing = entry.missing()
+        status = "[green]yes[/]" if not missing else f"[red]no[/] (pip install 'agentrl[{entry.extra}]')"
+        table.add_row(entry.id, entry.alias or "", status, entry.description)
+    console.print(table)
+
+
+@app.command("info")
+def info_cmd(env: EnvArg, env_arg: EnvArgs = None) -> None:
+    """Describe an environment: splits, panel sizes, constructor defaults."""
+    entry, instance = _make(env, env_args=parse_kv(env_arg))
+    try:
+        console.print(f"[bold]{entry.id}[/] (alias {entry.alias}) - {entry.description}")
+        console.print(f"entry point: {entry.entry_point}")
+        console.print(f"max_turns: {instance.max_turns}")
+        for split in instance.splits:
+            panel = instance.task_ids(split)
+            preview = ", ".join(panel[:3]) + (", ..." if len(panel) > 3 else "")
+            console.print(f"split {split}: {len(panel)} tasks ({preview})")
+    finally:
+        instance.close()
+
+
+@app.command("check")
+def check_cmd(
+    env: EnvArg,
+    task: Annotated[str | None, typer.Option(help="Task id to check on (default: first of the panel).")] = None,
+    env_arg: EnvArgs = None,
+) -> None:
+    """Run the environment checker (Gymnasium's plus the agentrl text contract)."""
+    import agentrl
+
+    entry, instance = _make(env, env_args=parse_kv(env_arg))
+    try:
+        agentrl.check_env(instance, task=task)
+    except agentrl.EnvCheckError as exc:
+        console.print(f"[bold red]FAIL[/] {entry.id}: {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"[bold green]OK[/] {entry.id} passes the agentrl environment checker")
+
+
+def play(
+    env: EnvArg,
+    task: Annotated[str | None, typer.Option(help="Task id (default: random from the split).")] = None,
+    split: Annotated[str | None, typer.Option(help="Split to draw the task from.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the task draw.")] = 0,
+    env_arg: EnvArgs = None,
+) -> None:
+    """Play an environment in the terminal. Type `quit` to stop, `help` for the admissible actions."""
+    _, instance = _make(env, split, parse_kv(env_arg))
+    try:
+        obs, info = instance.reset(seed=seed, options={"task": task} if task else None)
+        console.print(f"[dim]task {info['task_id']}[/]")
+        total = 0.0
+        while True:
+            console.print(obs, highlight=False, markup=False)
+            if info.get("admissible_actions"):
+                console.print("[dim]actions: " + " | ".join(info["admissible_actions"]) + "[/]", highlight=False)
+            try:
+                action = console.input("[bold]> [/]")
+            except EOFError:
+                action = "quit"
+            if action.strip().lower() == "quit":
+                break
+            obs, reward, terminated, truncated, info = instance.step(action)
+            total += reward
+            console.print(
+                f"[dim]reward {reward:+.2f} (total {total:.2f}) progress {info['progress']:.2f} turn {info['turn']}[/]"
+            )
+            if terminated or truncated:
+                console.print(obs, highlight=False, markup=False)
+                outcome = "won" if info["won"] else ("out of turns" if truncated else "over")
+                console.print(f"[bold]episode {outcome}[/]: return {total:.2f}, progress {info['progress']:.2f}")
+                break
+    finally:
+        instance.close()
+
+
+def eval_cmd(
+    env: EnvArg,
+    agent: Annotated[str, typer.Option(help="Scripted agent: random or expert.")] = "random",
+    split: Annotated[str | None, typer.Option(help="Task panel to evaluate on (default: the env's eval split).")] = None,
+    episodes: Annotated[int | None, typer.Option(help="Number of tasks from the start of the panel (default: all).")] = None,
+    group_size: Annotated[int, typer.Option(help="Episodes per task (seeds seed..seed+G-1).")] = 1,
+    seed: Annotated[int, typer.Option(help="Base seed.")] = 0,
+    max_turns: Annotated[int | None, typer.Option(help="Turn budget per episode (default: the env's).")] = None,
+    output: Annotated[str | None, typer.Option(help="Write a JSON report here.")] = None,
+    env_arg: EnvArgs = None,
+) -> None:
+    """Evaluate an agent on a fixed task panel: success rate, progress, turns; optional JSON report."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from agentrl.agents import make_scripted_agent
+    from agentrl.evaluation import evaluate
+
+    try:
+        scripted = make_scripted_agent(agent)
+    except ValueError as exc:
+        raise UserError(str(exc), hint="model agents are selected with --model") from None
+    env_kwargs = parse_kv(env_arg)
+    if max_turns is not None:
+        env_kwargs["max_turns"] = max_turns
+    entry, instance = _make(env, env_args=env_kwargs)
+    try:
+        split = split or _default_eval_split(instance)
+        if split not in instance.splits:
+            raise UserError(f"{entry.id} has no split {split!r}", hint=f"choose one of {', '.join(instance.splits)}")
+        total = min(episodes, len(instance.task_ids(split))) if episodes else len(instance.task_ids(split))
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        ) as bar:
+            job = bar.add_task(f"{entry.id} {split}", total=total * group_size)
+            report = evaluate(
+                instance,
+                scripted,
+                env_id=entry.id,
+                split=split,
+                episodes=episodes,
+                group_size=group_size,
+                seed=seed,
+                env_kwargs=env_kwargs,
+                on_episode=lambda ep: bar.advance(job),
+            )
+    finally:
+        instance.close()
+    summary = report.summary()
+    table = Table(title=f"{agent} on {entry.id} ({split}, {len(report.panel)} tasks x {group_size}, seed {seed})")
+    for column in ("success rate", f"pass@{group_size}", "mean progress", "mean turns", "errors", "seconds"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        f"{summary['success_rate']:.3f}",
+        f"{summary['pass_at_group']:.3f}",
+        f"{summary['mean_progress']:.3f}",
+        f"{summary['mean_turns']:.1f}",
+        str(summary["errors"]),
+        f"{summary['wall_seconds']:.1f}",
+    )
+    console.print(table)
+    if output:
+        write_json(output, report.to_json())
+        console.print(f"report written to {output}")
+
+
+def _default_eval_split(env) -> str:
+    for name in ("valid", "dev", "valid_seen", "test"):
+        if name in env.splits:
+            return name
+    return env.splits[0]
