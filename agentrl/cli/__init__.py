@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from agentrl.cli import envs
+from agentrl.cli import data, envs
 from agentrl.cli.common import UserError, console_err
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(envs.app, name="envs")
+app.add_typer(data.app, name="data")
 app.command("play")(envs.play)
 app.command("eval")(envs.eval_cmd)
 

@@ -1,0 +1,1 @@
+"""Policy-gradient algorithms as pure torch functions, one module each, with paper names."""

@@ -1,0 +1,1 @@
+"""Policies: inference backends behind one ``generate(prompts, sampling)`` interface."""

@@ -1,0 +1,1 @@
+"""Rollout: run many episodes at once with a policy and record exact token ids."""

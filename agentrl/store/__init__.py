@@ -1,0 +1,1 @@
+"""Trajectory store on SQLAlchemy (SQLite by default, PostgreSQL at scale)."""

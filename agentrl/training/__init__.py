@@ -1,0 +1,1 @@
+"""The learner: batches from the store to weight updates."""

@@ -1,0 +1,1 @@
+"""ALFWorld on its real TextWorld/PDDL engine (``agentrl/ALFWorld-v0``)."""

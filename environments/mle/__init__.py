@@ -1,0 +1,1 @@
+"""ML-engineering tasks run in sandboxes (``agentrl/MLE-v0``)."""

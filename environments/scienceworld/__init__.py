@@ -1,0 +1,1 @@
+"""ScienceWorld on its real JVM engine (``agentrl/ScienceWorld-v0``)."""

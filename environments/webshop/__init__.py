@@ -1,0 +1,1 @@
+"""WebShop text environment reimplemented in plain Python (``agentrl/WebShop-v0``)."""
