@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -145,7 +146,9 @@ class TextWorldEnv(TextEnv):
             lost=True,
             objective=True,
         )
-        self._game = textworld.start(str(path), request_infos=infos)
+        with warnings.catch_warnings():  # jericho: "not fully supported" (TextWorld tracks the score itself)
+            warnings.simplefilter("ignore")
+            self._game = textworld.start(str(path), request_infos=infos)
         self._state = self._game.reset()
         info = self._info()
         info["instruction"] = self._state.objective

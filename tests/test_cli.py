@@ -1,0 +1,77 @@
+"""The command line, invoked for real as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+
+def run(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["agentrl", *args], capture_output=True, text=True, input=input, timeout=600)
+
+
+def test_envs_list_and_info():
+    out = run("envs", "list")
+    assert out.returncode == 0 and "agentrl/TextWorld-v0" in out.stdout and "textworld" in out.stdout
+    out = run("envs", "info", "textworld")
+    assert out.returncode == 0
+    assert "split valid: 50 tasks (easy/100000, easy/100001, easy/100002, ...)" in out.stdout
+
+
+def test_eval_expert_writes_a_reproducible_report(tmp_path):
+    report = tmp_path / "report.json"
+    out = run("eval", "textworld", "--agent", "expert", "--episodes", "3", "--seed", "5", "--output", str(report))
+    assert out.returncode == 0, out.stderr
+    assert "success rate" in out.stdout
+    data = json.loads(report.read_text())
+    assert data["panel"] == ["easy/100000", "easy/100001", "easy/100002"]
+    assert (data["seed"], data["split"], data["agent"], data["env_id"]) == (5, "valid", "expert", "agentrl/TextWorld-v0")
+    assert data["summary"]["success_rate"] == 1.0 and data["summary"]["episodes"] == 3
+    assert [ep["seed"] for ep in data["episodes"]] == [5, 5, 5]
+
+
+def test_eval_random_groups(tmp_path):
+    report = tmp_path / "r.json"
+    out = run("eval", "textworld", "--agent", "random", "--split", "test", "--episodes", "2", "--group-size", "2",
+              "--max-turns", "4", "--output", str(report))
+    assert out.returncode == 0, out.stderr
+    data = json.loads(report.read_text())
+    assert [ep["task_id"] for ep in data["episodes"]] == ["easy/200000"] * 2 + ["easy/200001"] * 2
+    assert [ep["seed"] for ep in data["episodes"]] == [0, 1, 0, 1]
+    assert all(ep["turns"] <= 4 for ep in data["episodes"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("eval", "nope"), "error: unknown environment 'nope'"),
+        (("eval", "textworld", "--agent", "bogus"), "error: unknown agent 'bogus'"),
+        (("eval", "textworld", "--split", "zzz"), "error: agentrl/TextWorld-v0 has no split 'zzz'"),
+        (("envs", "info", "textworld", "-e", "difficulty=absurd"), "error: unknown difficulty 'absurd'"),
+        (("envs", "info", "textworld", "-e", "colour=blue"), "error: agentrl/TextWorld-v0:"),
+        (("play", "textworld", "--task", "easy/x"), "error: unknown TextWorld task 'easy/x'"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(args, message):
+    out = run(*args)
+    assert out.returncode == 2
+    assert out.stderr.startswith(message), out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) <= 2  # error + hint
+
+
+def test_play_in_the_terminal():
+    out = run("play", "textworld", "--task", "easy/100000", input="take controller from shelf\ninsert controller into safe\n")
+    assert out.returncode == 0, out.stderr
+    assert "actions: " in out.stdout and "episode won" in out.stdout
+
+
+def test_play_quit():
+    out = run("play", "textworld", "--task", "easy/100000", input="look\nquit\n")
+    assert out.returncode == 0 and "episode" not in out.stdout.split("look")[-1]
+
+
+def test_envs_check():
+    out = run("envs", "check", "textworld")
+    assert out.returncode == 0 and "OK agentrl/TextWorld-v0" in out.stdout

@@ -1,0 +1,129 @@
+"""Registry: Gymnasium ids, aliases, missing extras, third-party entry points, and the checker over
+every registered id."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import gymnasium as gym
+import pytest
+
+import agentrl
+from agentrl.registry import MissingDependencyError, UnknownEnvError
+
+
+def test_import_is_light():
+    """`import agentrl` must not drag in torch, engines or the store (measured in benchmarks/import_time.py)."""
+    code = "import sys, agentrl; print(sorted(m for m in ('torch','textworld','scienceworld','alfworld','sqlalchemy','transformers','typer') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out.replace("'", '"')) == []
+
+
+def test_builtin_ids_are_in_gymnasium_registry():
+    ids = {e.id for e in agentrl.list_envs()}
+    assert "agentrl/TextWorld-v0" in ids
+    for env_id in ids:
+        assert env_id in gym.registry and env_id.startswith("agentrl/")
+    assert agentrl.registry.resolve("textworld").id == "agentrl/TextWorld-v0"
+    assert agentrl.registry.resolve("TextWorld-v0").id == "agentrl/TextWorld-v0"
+
+
+def test_unknown_id_is_a_clear_error():
+    with pytest.raises(UnknownEnvError, match=r"unknown environment 'nope'; known aliases: .*textworld"):
+        agentrl.make("nope")
+
+
+def test_missing_dependency_names_the_extra():
+    agentrl.register("agentrl/Missing-v0", "not_a_module:Env", requires=("not_a_module_xyz",), extra="missing")
+    try:
+        with pytest.raises(MissingDependencyError, match=r"pip install 'agentrl\[missing\]'"):
+            agentrl.make("agentrl/Missing-v0")
+    finally:
+        agentrl.registry._ENTRIES.pop("agentrl/Missing-v0")
+        del gym.registry["agentrl/Missing-v0"]
+
+
+def test_register_rejects_malformed_ids():
+    with pytest.raises(ValueError, match="namespace/Name-vN"):
+        agentrl.register("NoNamespace", "x:y")
+
+
+def test_gymnasium_make_returns_the_env_itself():
+    env = gym.make("agentrl/TextWorld-v0", max_turns=7)
+    try:
+        assert isinstance(env, agentrl.TextEnv) and env.max_turns == 7
+    finally:
+        env.close()
+
+
+PLUGIN = {
+    "pyproject.toml": """
+        [build-system]
+        requires = ["setuptools>=61"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "agentrl-echo-plugin"
+        version = "0.0.1"
+        [project.entry-points."agentrl.environments"]
+        echo = "agentrl_echo:register"
+    """,
+    "agentrl_echo/__init__.py": """
+        import agentrl
+
+        class Echo(agentrl.TextEnv):
+            def task_ids(self, split=None):
+                return ["hello", "world"]
+            def _reset_task(self, task_id):
+                self.word = task_id
+                return f"Say {task_id}.", {"instruction": f"say {task_id}"}
+            def _step(self, action):
+                won = action.strip() == self.word
+                return ("yes" if won else "no"), float(won), won, {"won": won, "invalid_action": not action.strip()}
+
+        def register():
+            agentrl.register("echo/Echo-v0", "agentrl_echo:Echo", alias="echo", max_turns=3)
+    """,
+}
+
+
+def test_third_party_entry_point_plugin(tmp_path):
+    """A package built and installed in a temp dir registers through the `agentrl.environments` group."""
+    src = tmp_path / "src"
+    for rel, text in PLUGIN.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(textwrap.dedent(text))
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target), str(src)],
+        check=True,
+        capture_output=True,
+    )
+    env = dict(os.environ, PYTHONPATH=str(target))
+    code = textwrap.dedent(
+        """
+        import agentrl, gymnasium
+        ids = [e.id for e in agentrl.list_envs()]
+        env = agentrl.make("echo")
+        agentrl.check_env(env)
+        env = gymnasium.make("echo/Echo-v0")
+        obs, info = env.reset(options={"task": "world"})
+        print(ids, obs, env.step("world")[1:4], env.max_turns)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert "'echo/Echo-v0'" in out and "Say world. (1.0, True, False) 3" in out
+    cli = subprocess.run(["agentrl", "envs", "list"], env=env, capture_output=True, text=True, check=True).stdout
+    assert "echo/Echo-v0" in cli
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env_id", [e.id for e in agentrl.list_envs()])
+def test_checker_passes_on_every_registered_env(env_id):
+    entry = agentrl.registry.resolve(env_id)
+    if entry.missing():  # every extra is installed in CI; this only skips on partial dev installs
+        pytest.skip(f"{env_id} needs agentrl[{entry.extra}]")
+    agentrl.check_env(agentrl.make(env_id))
