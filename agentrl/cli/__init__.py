@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from agentrl.cli import data, envs
+from agentrl.cli import data, envs, train
 from agentrl.cli.common import UserError, console_err
 
 app = typer.Typer(
@@ -24,6 +24,8 @@ app.add_typer(envs.app, name="envs")
 app.add_typer(data.app, name="data")
 app.command("play")(envs.play)
 app.command("eval")(envs.eval_cmd)
+app.command("train")(train.train)
+app.command("plot")(train.plot)
 
 
 def main() -> None:

@@ -1,0 +1,66 @@
+"""``agentrl train RECIPE`` and ``agentrl plot RUN``."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from agentrl.cli.common import UserError, console
+
+
+def recipe_names() -> list[str]:
+    """Modules of ``agentrl.recipes`` that define ``Config`` and ``main`` (shipped with the package)."""
+    import agentrl.recipes
+
+    return sorted(m.name for m in pkgutil.iter_modules(agentrl.recipes.__path__) if not m.name.startswith("_"))
+
+
+def train(
+    recipe: Annotated[str | None, typer.Argument(help="Recipe name (see --list), e.g. textworld_grpo.")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="Config overrides key=value (dotted for nested).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of config overrides.")] = None,
+    list_recipes: Annotated[bool, typer.Option("--list", help="List the recipes and exit.")] = False,
+    show_config: Annotated[bool, typer.Option("--show-config", help="Print the recipe's config fields and exit.")] = False,
+) -> None:
+    """Run a training recipe: its typed config, overridden by --config FILE then key=value pairs."""
+    from agentrl.config import ConfigError, describe, load_config
+
+    names = recipe_names()
+    if list_recipes or recipe is None:
+        for name in names:
+            module = importlib.import_module(f"agentrl.recipes.{name}")
+            console.print(f"[bold]{name}[/]  {(module.__doc__ or '').strip().splitlines()[0] if module.__doc__ else ''}")
+        return
+    if recipe not in names:
+        raise UserError(f"unknown recipe {recipe!r}", hint=f"recipes: {', '.join(names)}")
+    module = importlib.import_module(f"agentrl.recipes.{recipe}")
+    if show_config:
+        table = Table(title=f"{recipe} config")
+        for column in ("key", "default", "meaning"):
+            table.add_column(column)
+        for row in describe(module.Config):
+            table.add_row(*row)
+        console.print(table)
+        return
+    try:
+        cfg = load_config(module.Config, config, overrides)
+    except ConfigError as exc:
+        raise UserError(str(exc), hint=f"`agentrl train {recipe} --show-config` lists the keys") from None
+    module.main(cfg)
+
+
+def plot(
+    run: Annotated[Path, typer.Argument(help="Run directory (holding metrics.jsonl) or the metrics file.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="PNG path (default RUN/curves.png).")] = None,
+    metric: Annotated[list[str] | None, typer.Option(help="Metric key to draw (repeatable).")] = None,
+) -> None:
+    """Draw learning curves (success rate, return, entropy, loss) of a run to PNG."""
+    from agentrl.plotting import plot_run
+
+    path = plot_run(run, output, metric)
+    console.print(f"curves written to {path}")
