@@ -145,5 +145,14 @@ def _register_builtins() -> None:
         extra="textworld",
     )
 
+    register(
+        "agentrl/WebShop-v0",
+        "agentrl.environments.webshop.env:WebShopEnv",
+        alias="webshop",
+        description="WebShop's text shop (search/click, original reward); real catalog via data_dir, else a small built-in one (not the benchmark)",
+        requires=("rapidfuzz", "bm25s", "Stemmer"),
+        extra="webshop",
+    )
+
 
 _register_builtins()
