@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,10 @@ META_COMMANDS = frozenset({"quit", "q", "restart", "restore", "save", "undo", "s
 
 _BANNER_CHARS = set(" _\\|$/<>-")
 
+#: TextWorld's generator (its logic parser) is not thread-safe: one game is generated at a time per
+#: process; across processes the atomic renames below make concurrent generation safe.
+_GENERATION_LOCK = threading.Lock()
+
 
 def cache_dir() -> Path:
     import textworld
@@ -76,7 +81,9 @@ def game_path(task_id: str) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     preset = DIFFICULTIES[difficulty]
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".gen-") as tmp:
+    with _GENERATION_LOCK, tempfile.TemporaryDirectory(dir=target.parent, prefix=".gen-") as tmp:
+        if target.exists():  # another thread made it while we waited
+            return target
         options = GameOptions()
         options.seeds = seed
         options.nb_rooms = preset.nb_rooms
