@@ -154,5 +154,14 @@ def _register_builtins() -> None:
         extra="webshop",
     )
 
+    register(
+        "agentrl/MLE-v0",
+        "agentrl.environments.mle.env:MLEEnv",
+        alias="mle",
+        description="ML engineering: write a program that trains a model and a submission, run in a sandbox (scikit-learn data sets; MLE-bench via mlebench_dir)",
+        requires=("sklearn", "pandas"),
+        extra="mle",
+    )
+
 
 _register_builtins()

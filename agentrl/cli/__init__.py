@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from agentrl.cli import data, envs, train
+from agentrl.cli import data, envs, sandbox, train
 from agentrl.cli.common import UserError, console_err
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app = typer.Typer(
 )
 app.add_typer(envs.app, name="envs")
 app.add_typer(data.app, name="data")
+app.add_typer(sandbox.app, name="sandbox")
 app.command("play")(envs.play)
 app.command("eval")(envs.eval_cmd)
 app.command("train")(train.train)
@@ -34,7 +35,8 @@ def main() -> None:
 
     expected = (UserError, agentrl.UnknownEnvError, agentrl.MissingDependencyError, ValueError, FileNotFoundError)
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # a typer.Exit(code) inside a command is returned, not raised
+        sys.exit(code if isinstance(code, int) else 0)
     except expected as exc:
         hint = getattr(exc, "hint", None)
         console_err.print(f"[bold red]error:[/] {exc}" + (f"\n[dim]hint: {hint}[/]" if hint else ""), highlight=False)

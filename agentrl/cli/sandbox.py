@@ -1,0 +1,90 @@
+"""``agentrl sandbox check`` and ``agentrl sandbox run``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agentrl.cli.common import UserError, console
+
+app = typer.Typer(
+    help="Code-execution sandboxes: which backends work here, run a command in one.", no_args_is_help=True
+)
+
+DockerUrl = Annotated[
+    str | None,
+    typer.Option("--docker-url", help="Docker daemon address (default: DOCKER_HOST or the local socket)."),
+]
+
+
+@app.command("check")
+def check_cmd(docker_url: DockerUrl = None) -> None:
+    """Print which sandbox backends work on this machine, and why the others do not."""
+    from agentrl.sandboxes import check_backends
+
+    report = check_backends(docker_url)
+    for name, (works, why) in report.items():
+        mark = "[green]ok[/]  " if works else "[red]no[/]  "
+        console.print(f"{mark}{name:<11} {why}", highlight=False, soft_wrap=True)
+    chosen = next((name for name, (works, _) in report.items() if works), None)
+    console.print(f"auto -> {chosen or 'none'}")
+    if chosen is None:
+        raise SystemExit(1)
+
+
+@app.command(
+    "run",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": False},
+)
+def run_cmd(
+    command: Annotated[list[str], typer.Argument(help="The command and its arguments (after --).")],
+    backend: Annotated[str, typer.Option(help="auto, docker or bubblewrap.")] = "auto",
+    timeout: Annotated[float, typer.Option(help="Wall-clock limit in seconds.")] = 60.0,
+    memory: Annotated[int, typer.Option(help="Memory limit in MB.")] = 1024,
+    pids: Annotated[int, typer.Option(help="Process limit.")] = 128,
+    workspace: Annotated[
+        Path | None,
+        typer.Option(help="Directory mounted read-write at /workspace (default: a temporary one)."),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    docker_url: DockerUrl = None,
+) -> None:
+    """Run one command in a sandbox and print its result; exits with the command's exit code."""
+    from agentrl.sandboxes import Limits, SandboxUnavailable, get_sandbox
+
+    if not command:
+        raise UserError("no command given", hint="agentrl sandbox run -- python -c 'print(1)'")
+    try:
+        limits = Limits(timeout_s=timeout, memory_mb=memory, pids=pids)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        sandbox = get_sandbox(backend, limits, docker_url=docker_url)
+    except SandboxUnavailable as exc:
+        raise UserError(
+            str(exc), hint="run `agentrl sandbox check` to see which backends work here"
+        ) from None
+    try:
+        result = sandbox.run(command, workspace=workspace)
+    finally:
+        sandbox.close()
+    if json_out:
+        data = {
+            k: getattr(result, k)
+            for k in ("exit_code", "stdout", "stderr", "duration_s", "reason", "backend")
+        }
+        print(json.dumps(data))
+    else:
+        if result.stdout:
+            console.out(result.stdout, end="", highlight=False)
+        if result.stderr:
+            console.out(result.stderr, end="", style="red", highlight=False)
+        console.print(
+            f"[dim]{result.backend}: {result.reason}, exit code {result.exit_code}, {result.duration_s:.2f} s[/]",
+            highlight=False,
+        )
+    if result.exit_code != 0:  # SystemExit, not typer.Exit: click swallows Exit codes when not standalone
+        raise SystemExit(result.exit_code if result.exit_code is not None else 124)

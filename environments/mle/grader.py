@@ -1,0 +1,152 @@
+"""Graders: read a submission CSV, check its format against the hidden answers, compute the metric.
+
+A grade never raises for a bad submission: a missing file, a wrong header, wrong or duplicated
+ids, missing or non-numeric values are all ``valid=False`` with a one-line message. It raises only
+when the *task* is broken (unknown metric, unreadable answers): a grader bug is a bug report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: metric -> direction. Scores of "maximize" metrics below live in [0, 1] (r2 can go below 0).
+METRICS: dict[str, str] = {
+    "accuracy": "maximize",
+    "f1_macro": "maximize",
+    "r2": "maximize",
+    "rmse": "minimize",
+    "mae": "minimize",
+}
+
+
+@dataclass(frozen=True)
+class GraderSpec:
+    """How a task is graded (stored as ``grader.json`` in the task folder)."""
+
+    metric: str
+    id_column: str = "id"
+    target_column: str = "target"
+    direction: str = ""  # filled from METRICS when empty
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS and not self.direction:  # an external grader must state its direction
+            raise ValueError(f"unknown metric {self.metric!r}; known: {', '.join(METRICS)}")
+        if not self.direction:
+            object.__setattr__(self, "direction", METRICS[self.metric])
+        if self.direction not in ("maximize", "minimize"):
+            raise ValueError(f"direction must be maximize or minimize, got {self.direction!r}")
+
+    @classmethod
+    def load(cls, path: Path) -> GraderSpec:
+        data = json.loads(Path(path).read_text())
+        return cls(**{k: data[k] for k in ("metric", "id_column", "target_column", "direction") if k in data})
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+
+@dataclass(frozen=True)
+class Grade:
+    """The outcome of grading one submission."""
+
+    valid: bool
+    score: float | None  # the raw metric (None when invalid)
+    message: str
+
+
+def compute_metric(metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """The metric by its textbook definition (checked against scikit-learn in the tests)."""
+    if metric == "accuracy":
+        return float(np.mean(y_true == y_pred))
+    if metric == "rmse":
+        return float(math.sqrt(np.mean((y_true.astype(float) - y_pred.astype(float)) ** 2)))
+    if metric == "mae":
+        return float(np.mean(np.abs(y_true.astype(float) - y_pred.astype(float))))
+    if metric == "r2":
+        y_true, y_pred = y_true.astype(float), y_pred.astype(float)
+        ss_res = np.sum((y_true - y_pred) ** 2)
+        ss_tot = np.sum((y_true - y_true.mean()) ** 2)
+        return float(1.0 - ss_res / ss_tot)
+    if metric == "f1_macro":
+        scores = []
+        for label in np.unique(y_true):
+            tp = np.sum((y_pred == label) & (y_true == label))
+            fp = np.sum((y_pred == label) & (y_true != label))
+            fn = np.sum((y_pred != label) & (y_true == label))
+            scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+        return float(np.mean(scores))
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def grade_submission(submission: Path, answers: Path, spec: GraderSpec) -> Grade:
+    """Grade ``submission`` against ``answers`` (both CSV with ``spec.id_column`` and ``spec.target_column``)."""
+    import pandas as pd
+
+    truth = pd.read_csv(answers)  # a broken answers file is the task's bug: let it raise
+    idc, tc = spec.id_column, spec.target_column
+    if not Path(submission).is_file():
+        return Grade(False, None, f"no submission: the program did not write {Path(submission).name}")
+    try:
+        sub = pd.read_csv(submission)
+    except Exception as exc:
+        return Grade(
+            False,
+            None,
+            f"malformed submission: cannot read it as CSV ({type(exc).__name__}: {str(exc)[:120]})",
+        )
+    missing = [c for c in (idc, tc) if c not in sub.columns]
+    if missing:
+        return Grade(
+            False, None, f"malformed submission: missing column(s) {', '.join(missing)}; expected {idc},{tc}"
+        )
+    if len(sub) != len(truth):
+        return Grade(
+            False, None, f"malformed submission: {len(sub)} rows, expected {len(truth)} (one per test id)"
+        )
+    if sub[idc].duplicated().any():
+        return Grade(False, None, "malformed submission: duplicated ids")
+    sub = sub.set_index(idc)
+    truth = truth.set_index(idc)
+    if set(sub.index) != set(truth.index):
+        return Grade(False, None, "malformed submission: its ids are not the test ids")
+    pred = sub.loc[truth.index, tc]
+    if pred.isna().any():
+        return Grade(False, None, f"malformed submission: {int(pred.isna().sum())} missing prediction(s)")
+    y_true = truth[tc].to_numpy()
+    if spec.metric in ("accuracy", "f1_macro"):
+        y_pred = pred.astype(str).to_numpy()
+        y_true = truth[tc].astype(str).to_numpy()
+        if np.issubdtype(truth[tc].dtype, np.integer):  # 3 and 3.0 are the same class
+            numeric = pd.to_numeric(pred, errors="coerce")
+            if numeric.notna().all() and (numeric == numeric.round()).all():
+                y_pred = numeric.astype(int).astype(str).to_numpy()
+    else:
+        numeric = pd.to_numeric(pred, errors="coerce")
+        if numeric.isna().any() or not np.isfinite(numeric.to_numpy(dtype=float)).all():
+            return Grade(False, None, "malformed submission: predictions must be finite numbers")
+        y_pred = numeric.to_numpy(dtype=float)
+    score = compute_metric(spec.metric, y_true, y_pred)
+    return Grade(True, score, f"{spec.metric} = {score:.4f}")
+
+
+def normalized_score(spec: GraderSpec, score: float, baseline: float) -> float:
+    """The grader's score on a [0, 1] scale, higher better, for the reward and ``info['progress']``.
+
+    Maximised metrics are bounded by 1 and used as they are (clipped at 0); minimised ones are the
+    fraction of the constant baseline's error removed, ``1 - score / baseline``, clipped to [0, 1].
+    """
+    if spec.direction == "maximize":
+        return float(min(1.0, max(0.0, score)))
+    if baseline <= 0:
+        return 1.0 if score <= 0 else 0.0
+    return float(min(1.0, max(0.0, 1.0 - score / baseline)))
+
+
+def as_dict(grade: Grade) -> dict[str, Any]:
+    return asdict(grade)
