@@ -1,0 +1,85 @@
+"""Clip-Cov and KL-Cov: entropy control through token covariance (arXiv 2505.22617).
+
+The paper shows that policy entropy falls in proportion to the covariance between a token's
+log-probability and its advantage, and that a small fraction of high-covariance tokens drives the
+collapse. Per unmasked token ``i`` of the batch (means over all ``N`` unmasked tokens):
+
+    Cov_i = (log pi_i - mean log pi) * (A_i - mean A)
+
+* Clip-Cov: pick at random ``max(1, int(r * N))`` tokens with ``cov_low < Cov_i < cov_high`` (among
+  those PPO's own clip left alone) and drop their gradient. Defaults r = 2e-4, bounds (1, 5).
+* KL-Cov: add ``kl_coef * |log pi_i - log pi_old_i|`` to the ``max(1, int(k * N))`` tokens of
+  largest ``Cov_i``; no ratio clipping. Defaults k = 2e-3 (7B), kl_coef = 1.
+
+Both follow the authors' released implementation (Clip-Cov keeps PPO's ratio clip on top).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from agentrl.algorithms._common import masked_mean
+from agentrl.algorithms.ppo import _token_advantages, aggregate, clip_token_loss
+
+
+@torch.no_grad()
+def token_covariance(logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``Cov_i`` per token ``[S, L]`` (0 at masked positions); ``advantages`` ``[S]`` or ``[S, L]``."""
+    adv = _token_advantages(advantages, logp).to(logp.dtype)
+    centred_logp = logp - masked_mean(logp, mask)
+    centred_adv = adv - masked_mean(adv, mask)
+    return torch.where(mask.to(torch.bool), centred_logp * centred_adv, torch.zeros_like(logp))
+
+
+def clip_cov_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_ratio: float = 2e-4,
+    cov_low: float = 1.0,
+    cov_high: float = 5.0,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    agg: str = "token-mean",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """PPO-clip loss with the gradient of a random few mid-covariance tokens removed (scalar)."""
+    token_loss = clip_token_loss(logp, old_logp, advantages, eps_low, eps_high)  # [S, L]
+    adv = _token_advantages(advantages, logp)
+    ratio = torch.exp(logp.detach() - old_logp)
+    ppo_clipped = ((adv > 0) & (ratio > 1 + eps_high)) | ((adv < 0) & (ratio < 1 - eps_low))
+    cov = token_covariance(logp.detach(), advantages, mask)
+    valid = mask.to(torch.bool)
+    candidates = torch.nonzero(valid & ~ppo_clipped & (cov > cov_low) & (cov < cov_high))  # [C, 2]
+    n_clip = max(int(clip_ratio * valid.sum().item()), 1)
+    keep = torch.ones_like(token_loss)
+    if len(candidates):
+        order = torch.randperm(len(candidates), generator=generator).to(candidates.device)
+        chosen = candidates[order[:n_clip]]
+        keep[chosen[:, 0], chosen[:, 1]] = 0.0
+    return aggregate(token_loss * keep, mask, agg)
+
+
+def kl_cov_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    k_ratio: float = 2e-3,
+    kl_coef: float = 1.0,
+    agg: str = "token-mean",
+) -> torch.Tensor:
+    """Unclipped policy-gradient loss with a ``|log pi - log pi_old|`` penalty on the top-covariance tokens."""
+    adv = _token_advantages(advantages, logp).to(logp.dtype)
+    ratio = torch.exp(logp - old_logp)  # [S, L]
+    token_loss = -adv * ratio
+    valid = mask.to(torch.bool)
+    n_valid = int(valid.sum().item())
+    if n_valid:
+        cov = token_covariance(logp.detach(), advantages, mask).masked_fill(~valid, -torch.inf).reshape(-1)
+        top = torch.topk(cov, max(1, int(n_valid * k_ratio))).indices  # flat indices of the top tokens
+        penalty = torch.zeros_like(cov)
+        penalty[top] = 1.0
+        token_loss = token_loss + kl_coef * penalty.view_as(logp) * (logp - old_logp).abs()
+    return aggregate(token_loss, mask, agg)

@@ -1,0 +1,67 @@
+"""EMPG: Entropy-Modulated Policy Gradients (arXiv 2509.09265).
+
+A long-horizon agent gets one sparse reward per trajectory, so plain GRPO gives every turn the
+same advantage. EMPG rescales it by how certain the policy was at each turn: confident turns get
+larger updates, uncertain turns smaller ones, and a turn that leads to a confident next turn gets a
+small "future clarity" bonus. With per-turn entropy ``H`` over the steps ``B`` of the batch:
+
+    H~      = (H - min_B H) / (max_B H - min_B H + 1e-8)
+    g       = exp(-k H~) / mean_B exp(-k H~)           # self-calibrating gradient scale, mean 1
+    f_next  = exp(-k' H~_{t+1}), 0 at a trajectory's last step
+    A_mod   = g * A_traj + zeta * f_next
+    A_final = A_mod - mean_B A_mod                      # centred, no std division
+
+Implemented from these equations (not from the project page's pseudo-code).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from agentrl.algorithms._common import IdsLike, as_codes, check_contiguous
+
+ENTROPY_RANGE_EPS = 1e-8
+
+
+@torch.no_grad()
+def modulate_advantages(
+    step_advantages: torch.Tensor,
+    step_entropy: torch.Tensor,
+    traj_ids: IdsLike,
+    k: float = 1.0,
+    k_future: float = 1.0,
+    zeta: float = 0.1,
+) -> torch.Tensor:
+    """EMPG advantages per step: ``A [S], H [S], traj_ids [S] -> A_final [S]``.
+
+    ``step_advantages`` is the trajectory advantage broadcast to each of its steps; ``step_entropy``
+    the turn's token-mean entropy. Steps of a trajectory must be contiguous and in turn order.
+    No gradient flows through (advantages are constants of the loss).
+    """
+    if step_advantages.shape != step_entropy.shape or step_advantages.dim() != 1:
+        raise ValueError(
+            f"step_advantages and step_entropy must both be [S]; got {tuple(step_advantages.shape)} "
+            f"and {tuple(step_entropy.shape)}"
+        )
+    codes, _ = as_codes(traj_ids, device=step_advantages.device)
+    if codes.numel() != step_advantages.numel():
+        raise ValueError(f"{step_advantages.numel()} steps but {codes.numel()} trajectory ids")
+    if codes.numel() == 0:
+        return step_advantages.clone()
+    check_contiguous(codes)
+    dtype = torch.promote_types(step_advantages.dtype, torch.float32)
+    adv = step_advantages.to(dtype)
+    entropy = step_entropy.detach().to(dtype)
+
+    normalised = (entropy - entropy.min()) / (entropy.max() - entropy.min() + ENTROPY_RANGE_EPS)  # H~ [S]
+    g = torch.exp(-k * normalised)
+    g = g / g.mean()  # [S], batch mean 1
+    f = torch.exp(-k_future * normalised)  # [S]
+    same_traj_next = torch.zeros_like(adv, dtype=torch.bool)
+    same_traj_next[:-1] = codes[1:] == codes[:-1]  # step s has a next step in its trajectory
+    f_next = torch.zeros_like(f)
+    f_next[:-1] = f[1:]
+    f_next = torch.where(same_traj_next, f_next, torch.zeros_like(f_next))  # [S]
+
+    modulated = g * adv + zeta * f_next  # A_mod [S]
+    return modulated - modulated.mean()  # A_final [S]

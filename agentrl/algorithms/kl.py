@@ -1,0 +1,15 @@
+"""KL penalty to a frozen reference policy with Schulman's k3 estimator (http://joschu.net/blog/kl-approx.html).
+
+For tokens sampled from ``pi``: ``k3 = exp(log r) - log r - 1`` with ``log r = log pi_ref - log pi``.
+It is unbiased for ``KL(pi || pi_ref)``, never negative, and its gradient is well behaved.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of ``KL(pi || pi_ref)``: ``[S, L] -> [S, L]``."""
+    log_ratio = ref_logp - logp  # [S, L]
+    return torch.exp(log_ratio) - log_ratio - 1.0
