@@ -454,3 +454,34 @@ def test_training_on_episodes_read_back_from_the_sqlite_store(tmp_path):
         results.append((metrics, flat_params(model)))
     assert results[1][0]["loss"] == results[0][0]["loss"]  # the store round trip is exact
     assert torch.equal(results[1][1], results[0][1])
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_fused_head_kernel_gives_the_same_loss_and_gradients(tied):
+    """Issue 7.4: scoring through agentrl.kernels (no full logits) equals the full-logits reference."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from agentrl.training.logprobs import token_logprobs_entropy
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=301, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=64, tie_word_embeddings=tied)
+    model = Qwen2ForCausalLM(config)
+    input_ids = torch.randint(0, 301, (3, 11))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[2, 8:] = 0
+    targets = torch.roll(input_ids, -1, dims=1)
+    targets[:, :4] = -100  # prompt positions are not scored
+    targets[2, 7:] = -100
+    results = []
+    for fused in (True, False):
+        model.zero_grad()
+        logp, ent = token_logprobs_entropy(model, input_ids, attention_mask, targets, 0.8, fused=fused)
+        loss = -(logp.sum() + 0.3 * ent.sum())
+        loss.backward()
+        results.append((logp.detach(), ent.detach(), [p.grad.clone() for p in model.parameters()]))
+    (lp_f, en_f, g_f), (lp_r, en_r, g_r) = results
+    torch.testing.assert_close(lp_f, lp_r, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(en_f, en_r, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g_f, g_r, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -37,6 +37,8 @@ def token_logprobs_entropy(
     attention_mask: torch.Tensor,
     targets: torch.Tensor,
     temperature: float = 1.0,
+    *,
+    fused: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob of ``targets`` and entropy of the next-token distribution at every position.
 
@@ -46,7 +48,10 @@ def token_logprobs_entropy(
     ``temperature`` divides the logits, as it did when the behaviour policy sampled.
 
     ``model`` is a Hugging Face causal LM (optionally a peft model) with ``get_decoder()`` and
-    ``get_output_embeddings()``. Models that post-process logits (e.g. Gemma-2 soft-capping) are
+    ``get_output_embeddings()``. When the head is a plain bias-free ``nn.Linear`` (tied or untied
+    embeddings) and ``fused`` is true, the fused kernel ``agentrl.kernels.linear_logprob_entropy``
+    computes the scores without ever holding the ``[N, V]`` logits (Triton on CUDA, chunked PyTorch on
+    CPU); other heads (LoRA-wrapped, biased) take the reference path. Models that post-process logits (e.g. Gemma-2 soft-capping) are
     not supported by this split.
     """
     if input_ids.shape != targets.shape or input_ids.shape != attention_mask.shape:
@@ -58,9 +63,28 @@ def token_logprobs_entropy(
     head = model.get_output_embeddings()
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     scored = targets != IGNORE  # [B, L]
-    logprob_sel, entropy_sel = linear_logprob_entropy(hidden[scored], head, targets[scored], temperature)
+    if fused and _plain_linear(head):
+        logprob_sel, entropy_sel = _fused_head(hidden[scored], head.weight, targets[scored], temperature)
+    else:
+        logprob_sel, entropy_sel = linear_logprob_entropy(hidden[scored], head, targets[scored], temperature)
     logprob = torch.zeros(targets.shape, dtype=torch.float32, device=hidden.device)
     entropy = torch.zeros(targets.shape, dtype=torch.float32, device=hidden.device)
     logprob = logprob.masked_scatter(scored, logprob_sel)
     entropy = entropy.masked_scatter(scored, entropy_sel)
     return logprob, entropy
+
+
+def _plain_linear(head: nn.Module) -> bool:
+    return type(head) is nn.Linear and head.bias is None
+
+
+def _fused_head(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused kernel in the dtype the reference path would use (autocast's, else the weight's)."""
+    from agentrl.kernels import linear_logprob_entropy as fused_linear_logprob_entropy
+
+    device_type = hidden.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
+    with torch.autocast(device_type=device_type, enabled=False):
+        return fused_linear_logprob_entropy(hidden.to(dtype), weight.to(dtype), targets, temperature)
