@@ -15,3 +15,65 @@ os.environ.setdefault("AGENTRL_CACHE", tempfile.mkdtemp(prefix="agentrl-test-cac
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+# --- PostgreSQL for the store tests (agentrl.store) --------------------------------------------
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """An admin URL of a PostgreSQL server: $AGENTRL_TEST_POSTGRES_URL, else a private one on 127.0.0.1."""
+    if os.environ.get("AGENTRL_TEST_POSTGRES_URL"):
+        yield os.environ["AGENTRL_TEST_POSTGRES_URL"]
+        return
+    from agentrl.store.testing import PostgresUnavailable, postgres_server
+
+    try:
+        server = postgres_server()
+        url = server.__enter__()
+    except PostgresUnavailable as exc:
+        pytest.skip(f"no PostgreSQL server for the store tests: {exc}")
+    try:
+        yield url
+    finally:
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """A URL of a fresh, empty store database, once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    from agentrl.store.testing import create_database, drop_database
+
+    admin = request.getfixturevalue("postgres_url")
+    url = create_database(admin)
+    yield url
+    drop_database(admin, url)
+
+
+# --- Tiny local chat model (agentrl.testing) for policy, agent and rollout tests ------------------
+TINY_MODEL_TEXTS = [
+    "-= Kitchen =- You've entered a kitchen. You see a closed fridge and a table. There is an exit to the north.",
+    "Your task is to take the apple from the fridge and put it on the table in the living room.",
+    "Admissible actions: close fridge, drop apple, examine table, go north, inventory, look, open fridge, take apple",
+    "You open the fridge. You take the apple. You put the apple on the table. Your score has just gone up by one point.",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model(tmp_path_factory) -> str:
+    """Path of a tiny Qwen2 model + locally trained BPE tokenizer with a ChatML template."""
+    from agentrl.testing import tiny_model
+
+    return tiny_model(tmp_path_factory.mktemp("tiny-chatml"), texts=TINY_MODEL_TEXTS)
+
+
+@pytest.fixture(scope="session")
+def tiny_reasoning_model(tmp_path_factory) -> str:
+    """Same, with a Qwen3-like template that drops <think> blocks of earlier assistant turns."""
+    from agentrl.testing import tiny_model
+
+    return tiny_model(tmp_path_factory.mktemp("tiny-reasoning"), texts=TINY_MODEL_TEXTS, chat_template="reasoning")

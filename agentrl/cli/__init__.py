@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from agentrl.cli import data, envs, sandbox, train
+from agentrl.cli import data, envs, model, sandbox, store, train
 from agentrl.cli.common import UserError, console_err
 
 app = typer.Typer(
@@ -22,9 +22,11 @@ app = typer.Typer(
 )
 app.add_typer(envs.app, name="envs")
 app.add_typer(data.app, name="data")
+app.add_typer(store.app, name="store")
 app.add_typer(sandbox.app, name="sandbox")
 app.command("play")(envs.play)
 app.command("eval")(envs.eval_cmd)
+app.command("serve")(model.serve)
 app.command("train")(train.train)
 app.command("plot")(train.plot)
 

@@ -127,6 +127,23 @@ def eval_cmd(
     max_turns: Annotated[int | None, typer.Option(help="Turn budget per episode (default: the env's).")] = None,
     output: Annotated[str | None, typer.Option(help="Write a JSON report here.")] = None,
     env_arg: EnvArgs = None,
+    store: Annotated[
+        str | None, typer.Option("--store", help="Record every episode in this trajectory store (URL or SQLite path).")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model agent: a local HF model directory, vllm:PATH, or an OpenAI-compatible URL (replaces --agent)."),
+    ] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="Local tokenizer directory for a URL model (token-exact); without it the chat API is used.")
+    ] = None,
+    api_key: Annotated[str | None, typer.Option(help="API key for a URL model (default: $OPENAI_API_KEY).")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Model: tokens per turn at most.")] = 128,
+    temperature: Annotated[float, typer.Option(help="Model: sampling temperature (0 = greedy).")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="Model: nucleus sampling mass.")] = 1.0,
+    parallel: Annotated[int, typer.Option(help="Model: episodes run at once (one batched generate per turn).")] = 8,
+    layout: Annotated[str, typer.Option(help="Model: token layout, concat or per_step.")] = "concat",
+    history: Annotated[int | None, typer.Option(help="Model, per_step layout: turns of history in the prompt.")] = None,
 ) -> None:
     """Evaluate an agent on a fixed task panel: success rate, progress, turns; optional JSON report."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -135,35 +152,60 @@ def eval_cmd(
     from agentrl.evaluation import evaluate
 
     try:
-        scripted = make_scripted_agent(agent)
+        scripted = make_scripted_agent(agent) if model is None else None
     except ValueError as exc:
         raise UserError(str(exc), hint="model agents are selected with --model") from None
+    policy = model_tokenizer = None
+    if model is not None:
+        from agentrl.cli.model import load_model_for_eval
+
+        policy, model_tokenizer = load_model_for_eval(model, tokenizer=tokenizer, api_key=api_key, seed=seed)
+        agent = getattr(policy, "name", model)
     env_kwargs = parse_kv(env_arg)
     if max_turns is not None:
         env_kwargs["max_turns"] = max_turns
+    from agentrl.cli.store import EpisodeRecorder
+
+    recorder = EpisodeRecorder(store) if store else None  # opened first: a bad store URL fails fast
     entry, instance = _make(env, env_args=env_kwargs)
     try:
         split = split or _default_eval_split(instance)
         if split not in instance.splits:
             raise UserError(f"{entry.id} has no split {split!r}", hint=f"choose one of {', '.join(instance.splits)}")
+        if recorder is not None:
+            config = {"agent": agent, "model": model, "split": split, "episodes": episodes, "group_size": group_size, "seed": seed,
+                      "env_kwargs": env_kwargs}  # fmt: skip
+            recorder.start(f"eval {agent} {entry.id} {split}", env_id=entry.id, config=config)
         total = min(episodes, len(instance.task_ids(split))) if episodes else len(instance.task_ids(split))
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
         ) as bar:
             job = bar.add_task(f"{entry.id} {split}", total=total * group_size)
-            report = evaluate(
-                instance,
-                scripted,
-                env_id=entry.id,
-                split=split,
-                episodes=episodes,
-                group_size=group_size,
-                seed=seed,
-                env_kwargs=env_kwargs,
-                on_episode=lambda ep: bar.advance(job),
-            )
+            if policy is not None:
+                from agentrl.cli.model import run_model_eval
+
+                report, model_details = run_model_eval(
+                    entry.id, instance, policy, model_tokenizer, split=split, episodes=episodes,
+                    group_size=group_size, seed=seed, env_kwargs=env_kwargs, max_new_tokens=max_new_tokens,
+                    temperature=temperature, top_p=top_p, parallel=parallel, layout=layout, history=history,
+                    on_episode=lambda ep: (recorder.record(ep) if recorder else None, bar.advance(job)),
+                )  # fmt: skip
+            else:
+                report = evaluate(
+                    instance,
+                    scripted,
+                    env_id=entry.id,
+                    split=split,
+                    episodes=episodes,
+                    group_size=group_size,
+                    seed=seed,
+                    env_kwargs=env_kwargs,
+                    on_episode=lambda ep: (recorder.record(ep) if recorder else None, bar.advance(job)),
+                )
     finally:
         instance.close()
+        if recorder is not None:
+            recorder.close()
     summary = report.summary()
     table = Table(title=f"{agent} on {entry.id} ({split}, {len(report.panel)} tasks x {group_size}, seed {seed})")
     for column in ("success rate", f"pass@{group_size}", "mean progress", "mean turns", "errors", "seconds"):
@@ -177,8 +219,15 @@ def eval_cmd(
         f"{summary['wall_seconds']:.1f}",
     )
     console.print(table)
+    if policy is not None:
+        console.print(
+            f"tokens generated {model_details['tokens_generated']}, generation {model_details['generate_seconds']:.1f} s, "
+            f"env {model_details['env_seconds']:.1f} s, parse errors {model_details['parse_errors']}"
+        )
+    if recorder is not None:
+        console.print(f"recorded {recorder.count} episodes as run {recorder.run_id} in {store}")
     if output:
-        write_json(output, report.to_json())
+        write_json(output, report.to_json() | ({"model": model_details} if policy is not None else {}))
         console.print(f"report written to {output}")
 
 

@@ -1,0 +1,227 @@
+"""``agentrl store ls|show|export|upgrade``: look into and export a trajectory store."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from agentrl.cli.common import UserError, console
+
+app = typer.Typer(help="List, show, export and upgrade trajectory stores.", no_args_is_help=True)
+
+StoreOpt = Annotated[
+    str,
+    typer.Option(
+        "--store",
+        "-s",
+        envvar="AGENTRL_STORE",
+        help="Store URL: sqlite:///path.db (or a path) or postgresql+psycopg://user@host:port/db.",
+    ),
+]
+RunArg = Annotated[str, typer.Argument(help="Run id or name (see `agentrl store ls`).")]
+DEFAULT_STORE = "sqlite:///agentrl.db"
+
+
+@contextlib.contextmanager
+def user_errors(url: str | None = None) -> Iterator[None]:
+    """Store problems are the user's to fix: report them as one line plus a hint.
+
+    A database error met after opening (a page corrupted under a healthy header, a server that went
+    away) is reported the same way.
+    """
+    from sqlalchemy.exc import DBAPIError
+
+    from agentrl.store import StoreError
+    from agentrl.store.engine import database_error, parse_url
+
+    try:
+        yield
+    except StoreError as exc:
+        raise UserError(str(exc), hint=exc.hint) from None
+    except DBAPIError as exc:
+        if url is None:
+            raise
+        error = database_error(parse_url(url), exc)
+        raise UserError(str(error), hint=error.hint) from None
+
+
+@contextlib.contextmanager
+def _open(url: str) -> Iterator[Any]:
+    from agentrl.store import open_store
+
+    with user_errors(url):
+        store = open_store(url, create=False)
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@app.command("ls")
+def ls_cmd(store: StoreOpt = DEFAULT_STORE) -> None:
+    """List the runs in a store with their episode counts and success rates."""
+    with _open(store) as opened:
+        runs = opened.runs()
+    if not runs:
+        console.print(f"no runs in {store}")
+        return
+    table = Table(title=f"runs in {store}")
+    for column in ("id", "name", "kind", "env", "episodes", "steps", "success", "mean return", "created"):
+        table.add_column(column, justify="right" if column in ("id", "episodes", "steps", "success") else "left")
+    for run in runs:
+        success = f"{run.won / run.episodes:.3f}" if run.episodes else "-"
+        mean_return = f"{run.mean_return:.3f}" if run.mean_return is not None else "-"
+        table.add_row(
+            str(run.id), run.name, run.kind, run.env_id or "-", str(run.episodes), str(run.steps), success, mean_return,
+            _when(run.created_at),
+        )  # fmt: skip
+    console.print(table)
+
+
+@app.command("show")
+def show_cmd(
+    run: RunArg,
+    episode: Annotated[int | None, typer.Option(help="Episode id: print its transcript.")] = None,
+    limit: Annotated[int, typer.Option(help="Episodes to list (without --episode).")] = 50,
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """Show a run's episodes, or with --episode a readable transcript of one episode."""
+    with _open(store) as opened:
+        info = opened.get_run(run)
+        if episode is not None:
+            if opened.episode_run(episode) != info.id:
+                raise UserError(f"episode {episode} is not in run {info.id} ({info.name})",
+                                hint=f"list its episodes with: agentrl store show {info.id}")  # fmt: skip
+            _print_transcript(episode, opened.get_episode(episode))
+            return
+        pairs = list(opened.iter_episodes(info.id, limit=limit, with_ids=True))
+    console.print(f"[bold]run {info.id}[/] {info.name} ({info.kind}, {info.env_id or '-'}), created {_when(info.created_at)}")
+    if info.config:
+        console.print(f"config: {info.config}", highlight=False, markup=False)
+    table = Table(title=f"{len(pairs)} of {info.episodes} episodes")
+    for column in ("episode", "task", "seed", "group", "agent", "turns", "return", "won", "progress", "error"):
+        table.add_column(column)
+    for episode_id, ep in pairs:
+        table.add_row(
+            str(episode_id), ep.task_id, str(ep.seed), ep.group_id or "-", ep.agent, str(ep.turns),
+            f"{ep.episode_return:.3f}", "yes" if ep.won else "no", f"{ep.progress:.2f}", ep.error or "",
+        )  # fmt: skip
+    console.print(table)
+
+
+def _print_transcript(episode_id: int, ep: Any) -> None:
+    console.print(
+        f"[bold]episode {episode_id}[/] {ep.env_id} task {ep.task_id} seed {ep.seed} agent {ep.agent or '-'}"
+        f" policy {ep.policy_version if ep.policy_version is not None else '-'}",
+        highlight=False,
+    )
+    if ep.instruction:
+        console.print(f"instruction: {ep.instruction}", highlight=False, markup=False)
+    total = 0.0
+    for turn, step in enumerate(ep.steps):
+        total += step.reward
+        console.print(
+            f"[bold cyan]turn {turn}[/] reward {step.reward:+.3f} (total {total:.3f})"
+            f" env {step.env_seconds * 1000:.1f} ms, generation {step.generation_seconds * 1000:.1f} ms"
+            + (" [red]invalid[/]" if step.info.get("invalid_action") else ""),
+            highlight=False,
+        )
+        console.print(step.observation, highlight=False, markup=False)
+        console.print(f"> {step.action}", style="bold", highlight=False, markup=False)
+        if step.response_ids is not None:
+            console.print(f"[dim]{len(step.prompt_ids or [])} prompt + {len(step.response_ids)} response tokens[/]")
+    outcome = "won" if ep.won else ("out of turns" if ep.truncated else "lost")
+    console.print(
+        f"[bold]{outcome}[/]: return {ep.episode_return:.3f}, progress {ep.progress:.2f}, {ep.turns} turns"
+        + (f", error: {ep.error}" if ep.error else ""),
+        highlight=False,
+    )
+
+
+@app.command("export")
+def export_cmd(
+    run: RunArg,
+    output: Annotated[str, typer.Option("--output", "-o", help="File (parquet, jsonl) or directory (hf) to write.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="parquet, jsonl or hf (datasets.save_to_disk).")] = "parquet",
+    level: Annotated[str | None, typer.Option(help="Rows per step or per episode (default: step for parquet, episode for hf).")] = None,
+    won: Annotated[bool | None, typer.Option("--won/--lost", help="Only won (or lost) episodes.")] = None,
+    agent: Annotated[str | None, typer.Option(help="Only episodes of this agent (e.g. expert).")] = None,
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """Export a run's episodes: Parquet rows, JSONL episodes, or a Hugging Face dataset on disk."""
+    if format not in ("parquet", "jsonl", "hf"):
+        raise UserError(f"unknown export format {format!r}", hint="choose parquet, jsonl or hf")
+    if level not in (None, "step", "episode"):
+        raise UserError(f"unknown level {level!r}", hint="choose step or episode")
+    if format == "jsonl" and level == "step":
+        raise UserError("jsonl exports whole episodes", hint="use --format parquet for per-step rows")
+    target = Path(output)
+    if not target.parent.exists():
+        raise UserError(f"directory {target.parent} does not exist")
+    filters = {"won": won, "agent": agent}
+    with _open(store) as opened:
+        info = opened.get_run(run)
+        if format == "jsonl":
+            count = opened.export_jsonl(output, info.id, **filters)
+            what = "episodes"
+        elif format == "parquet":
+            count = opened.export_parquet(output, info.id, level=level or "step", **filters)
+            what = f"{level or 'step'} rows"
+        else:
+            dataset = opened.to_hf_dataset(info.id, level=level or "episode", **filters)
+            dataset.save_to_disk(output)
+            count, what = len(dataset), f"{level or 'episode'} rows"
+    console.print(f"wrote {count} {what} of run {info.id} ({info.name}) to {output}")
+
+
+@app.command("upgrade")
+def upgrade_cmd(store: StoreOpt = DEFAULT_STORE) -> None:
+    """Migrate a store to this agentrl's schema (Alembic; one transaction, data kept)."""
+    from agentrl.store import upgrade_schema
+
+    with user_errors(store):
+        old, new = upgrade_schema(store)
+    if old == new:
+        console.print(f"store is up to date (schema {new})")
+    else:
+        console.print(f"upgraded store from schema {old} to {new}")
+
+
+class EpisodeRecorder:
+    """Writes every episode of a command (``agentrl eval --store URL``) into one new run."""
+
+    def __init__(self, url: str):
+        from agentrl.store import open_store
+
+        self.url = url
+        with user_errors(url):
+            self.store = open_store(url)
+        self.run_id: int | None = None
+        self.count = 0
+
+    def start(self, name: str, *, env_id: str, config: dict[str, Any], kind: str = "eval") -> int:
+        with user_errors(self.url):
+            self.run_id = self.store.start_run(name, env_id=env_id, config=config, kind=kind)
+        return self.run_id
+
+    def record(self, episode: Any) -> None:
+        if self.run_id is None:
+            raise RuntimeError("EpisodeRecorder.start must be called before record")
+        with user_errors(self.url):
+            self.store.write_episode(self.run_id, episode)
+        self.count += 1
+
+    def close(self) -> None:
+        self.store.close()

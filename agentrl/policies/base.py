@@ -1,0 +1,84 @@
+"""The policy interface: token ids in, sampled token ids (with their log-probabilities) out.
+
+Every inference backend (transformers, vLLM, an OpenAI-compatible server) implements
+``generate(prompts, sampling) -> list[Completion]``. Prompts are token ids, never text: the rollout
+owns tokenisation so that the ids a learner trains on are exactly the ids the policy saw and
+sampled (see DESIGN.md, "Tokens in, tokens out").
+
+Log-probabilities and entropies are those of the *temperature-scaled* next-token distribution,
+``softmax(logits / temperature)``, before top-p/top-k truncation (for ``temperature == 0`` they are
+those of ``softmax(logits)``). That is the distribution a learner recomputes with the same
+temperature, so importance ratios start at exactly 1 for on-policy data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample one completion per prompt."""
+
+    max_new_tokens: int = 64  # generation stops after this many sampled tokens (finish_reason "length")
+    temperature: float = 1.0  # 0 means greedy decoding
+    top_p: float = 1.0  # nucleus sampling mass kept
+    top_k: int = 0  # keep the k most likely tokens; 0 = no limit
+    stop: tuple[str, ...] = ()  # stop strings; the completion ends with (and includes) the first one seen
+    stop_token_ids: tuple[int, ...] | None = None  # None = the tokenizer's / model's end-of-sequence ids
+    seed: int | None = None  # None = the backend's own running generator
+    return_entropies: bool = False  # also return the entropy of the sampling distribution per token
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+
+@dataclass
+class Completion:
+    """One sampled continuation of one prompt.
+
+    ``token_ids`` are the sampled ids verbatim (including a sampled end-of-turn token or the tokens
+    of a stop string); ``logprobs[i]`` is the behaviour log-probability of ``token_ids[i]``.
+    ``text`` is the decoded completion when the backend has it (a chat endpoint that returns no ids
+    has only ``text``, and ``token_ids`` is then ``None``: such completions are for evaluation only).
+    """
+
+    token_ids: list[int] | None
+    logprobs: list[float] | None
+    finish_reason: FinishReason
+    entropies: list[float] | None = None
+    text: str | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids) if self.token_ids is not None else 0
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """An inference backend. ``version`` counts weight updates (recorded on every rollout step)."""
+
+    name: str
+    version: int
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+        """One completion per prompt, in order. Never re-tokenises: ``token_ids`` are what was sampled."""
+        ...
+
+
+class PolicyError(RuntimeError):
+    """A backend could not serve a request (server down, bad credentials, timeout, bad model path)."""

@@ -1,0 +1,273 @@
+"""Hugging Face transformers backend: batched sampling with exact per-token logprobs and entropies.
+
+Why our own decoding loop instead of ``model.generate``: the rollout needs, for every sampled
+token, its behaviour log-probability and (for EMPG/EPO) the entropy of the sampling distribution,
+computed once, on the device, while sampling; ``generate(output_logits=True)`` would keep every
+``[B, V]`` logits tensor until the end instead. The loop is the fast path of ``generate``:
+
+* one prefill over the left-padded batch, then one forward of ``[B, 1]`` per new token;
+* a ``StaticCache`` (preallocated KV, fixed shapes) on CUDA, the cache that made ``generate``
+  3.5x faster in the measurement quoted in the issue; ``compile=True`` additionally wraps the decode
+  forward in ``torch.compile`` (fixed shapes make that pay off); a ``DynamicCache`` on the CPU;
+* per token only one small device-to-host copy (the sampled ids), needed anyway for stop strings.
+
+Seeding: a ``torch.Generator`` per call when ``SamplingParams.seed`` is set (same seed, same
+prompts, same batch => same completions), else the policy's own running generator.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from agentrl.policies.base import Completion, PolicyError, SamplingParams
+
+
+def load_model_and_tokenizer(path: str, *, device: str, dtype: Any = None):
+    """Load a local model directory; a missing path is one clear :class:`PolicyError`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not Path(path).is_dir() or not (Path(path) / "config.json").exists():
+        raise PolicyError(f"model path {path!r} is not a Hugging Face model directory (no config.json there)")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
+    model.eval()
+    return model, tokenizer
+
+
+class HFPolicy:
+    """A transformers causal LM as a :class:`~agentrl.policies.base.Policy`.
+
+    ``model`` is a local directory or an already-built ``PreTrainedModel`` (then pass ``tokenizer``).
+    ``max_batch_size`` splits large requests into chunks (memory bound on the GPU).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any = None,
+        *,
+        device: str | None = None,
+        dtype: Any = None,
+        static_cache: bool | None = None,
+        compile: bool = False,
+        max_batch_size: int | None = None,
+        seed: int = 0,
+        name: str | None = None,
+    ):
+        import torch
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if isinstance(model, str | os.PathLike):
+            self.name = name or str(model)
+            self.model, loaded_tokenizer = load_model_and_tokenizer(str(model), device=device, dtype=dtype)
+            tokenizer = tokenizer or loaded_tokenizer
+        else:
+            self.name = name or type(model).__name__
+            self.model = model.to(device)
+        if tokenizer is None:
+            raise ValueError("HFPolicy needs a tokenizer when given a model object")
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.static_cache = (self.device.type == "cuda") if static_cache is None else static_cache
+        self.max_batch_size = max_batch_size
+        self.version = 0
+        self._generator = torch.Generator(device=self.device).manual_seed(seed)
+        self._decode_forward = torch.compile(self.model.forward, dynamic=False) if compile else self.model.forward
+        self.pad_id = self._pad_id()
+        self.eos_ids = self._eos_ids()
+
+    # -- weights ------------------------------------------------------------------------------
+
+    def load_weights(self, state_dict: dict[str, Any], version: int | None = None) -> None:
+        """Take new weights from a learner; ``version`` (default: +1) is recorded on later rollouts."""
+        self.model.load_state_dict(state_dict, strict=True)
+        self.version = self.version + 1 if version is None else int(version)
+
+    # -- generation -----------------------------------------------------------------------------
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
+        """One completion per prompt (see :class:`~agentrl.policies.base.Policy`)."""
+        import torch
+
+        if not prompts:
+            return []
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        generator = self._generator
+        if sampling.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(int(sampling.seed))
+        chunk = self.max_batch_size or len(prompts)
+        out: list[Completion] = []
+        for start in range(0, len(prompts), chunk):
+            out.extend(self._generate_batch(prompts[start : start + chunk], sampling, generator))
+        return out
+
+    @property
+    def max_context(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
+
+    def _generate_batch(self, prompts: list[list[int]], sampling: SamplingParams, generator) -> list[Completion]:
+        import torch
+
+        batch, width = len(prompts), max(len(p) for p in prompts)
+        max_new = sampling.max_new_tokens
+        if width + max_new > self.max_context:
+            raise ValueError(f"prompt of {width} tokens + {max_new} new tokens exceeds the model context {self.max_context}")
+        input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((batch, width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):  # left padding: every row ends at the same column
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            attention[row, width - len(prompt) :] = 1
+        input_ids, attention = input_ids.to(self.device), attention.to(self.device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        cache = self._new_cache(batch, width + max_new)
+        stop_ids = torch.tensor(
+            list(sampling.stop_token_ids if sampling.stop_token_ids is not None else self.eos_ids) or [-1],
+            device=self.device,
+        )
+        # Attention mask over the whole cache. With a static cache it keeps one shape for the whole run
+        # (future slots are 0 until their token is appended), so a compiled decode step never recompiles.
+        full_mask = torch.cat([attention, torch.zeros((batch, max_new), dtype=torch.long, device=self.device)], 1)
+
+        logprobs = torch.zeros((batch, max_new), dtype=torch.float32, device=self.device)
+        entropies = torch.zeros((batch, max_new), dtype=torch.float32, device=self.device)
+        done = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        lengths = [0] * batch
+        reasons = ["length"] * batch
+        host_done = [False] * batch
+        stop_strings = [s for s in sampling.stop if s]
+        tail_tokens = max((len(s) for s in stop_strings), default=0) + 4
+        candidates = self._stop_candidates(stop_strings)
+        host_sampled: list[list[int]] = [[] for _ in range(batch)]
+
+        with torch.inference_mode():
+            logits = self.model(
+                input_ids=input_ids, attention_mask=attention, position_ids=positions, cache=cache,
+                use_cache=True, logits_to_keep=1,
+            ).logits[:, -1]
+            last_pos = positions[:, -1]
+            for step in range(max_new):
+                token, token_logprob, entropy = _sample(logits, sampling, generator)
+                token = torch.where(done, torch.full_like(token, self.pad_id), token)
+                logprobs[:, step] = token_logprob
+                entropies[:, step] = entropy
+                hit_eos = torch.isin(token, stop_ids) & ~done
+                done = done | hit_eos
+                # Stop strings are only looked for after a token that can complete one.
+                maybe_stop = torch.isin(token, candidates) if candidates is not None else torch.ones_like(hit_eos)
+                host_tokens, host_eos, host_maybe = torch.stack([token, hit_eos.long(), maybe_stop.long()]).tolist()
+                for row in range(batch):  # the stack above is the one device-to-host copy per token
+                    if host_done[row]:
+                        continue
+                    lengths[row] = step + 1
+                    host_sampled[row].append(host_tokens[row])
+                    if host_eos[row]:
+                        host_done[row], reasons[row] = True, "stop"
+                    elif stop_strings and host_maybe[row]:
+                        tail = host_sampled[row][-tail_tokens:]
+                        if any(s in self.tokenizer.decode(tail) for s in stop_strings):
+                            host_done[row], reasons[row] = True, "stop"
+                            done[row] = True
+                if all(host_done) or step == max_new - 1:
+                    break
+                last_pos = last_pos + 1
+                full_mask[:, width + step] = 1
+                logits = self._decode_forward(
+                    input_ids=token[:, None],
+                    attention_mask=full_mask if self.static_cache else full_mask[:, : width + step + 1],
+                    position_ids=last_pos[:, None],
+                    cache=cache,
+                    use_cache=True,
+                ).logits[:, -1]
+        sampled_host, logprob_host = host_sampled, logprobs.tolist()
+        entropy_host = entropies.tolist() if sampling.return_entropies else None
+        return [
+            Completion(
+                token_ids=sampled_host[row][: lengths[row]],
+                logprobs=logprob_host[row][: lengths[row]],
+                finish_reason=reasons[row],  # type: ignore[arg-type]
+                entropies=entropy_host[row][: lengths[row]] if entropy_host is not None else None,
+            )
+            for row in range(batch)
+        ]
+
+    def _stop_candidates(self, stop_strings: list[str]):
+        """Ids of tokens whose text holds the last character of a stop string (None: check every token).
+
+        Only for ASCII last characters: a byte-level token never splits an ASCII character, so a
+        stop string can only be completed by a token that contains its last character.
+        """
+        import torch
+
+        if not stop_strings or not all(s[-1].isascii() for s in stop_strings):
+            return None
+        last = frozenset(s[-1] for s in stop_strings)
+        cache = self.__dict__.setdefault("_candidate_cache", {})
+        if last not in cache:
+            if "_vocab_text" not in self.__dict__:
+                vocab = getattr(self.model.config, "vocab_size", len(self.tokenizer))
+                self._vocab_text = self.tokenizer.batch_decode([[i] for i in range(vocab)])
+            ids = [i for i, text in enumerate(self._vocab_text) if any(c in text for c in last)]
+            cache[last] = torch.tensor(ids or [-1], dtype=torch.long, device=self.device)
+        return cache[last]
+
+    def _new_cache(self, batch: int, length: int):
+        from transformers import DynamicCache, StaticCache
+
+        if self.static_cache:
+            return StaticCache(config=self.model.config, max_cache_len=length)
+        return DynamicCache(config=self.model.config)
+
+    def _pad_id(self) -> int:
+        for candidate in (self.tokenizer.pad_token_id, getattr(self.model.config, "pad_token_id", None), self.tokenizer.eos_token_id):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
+    def _eos_ids(self) -> tuple[int, ...]:
+        ids: list[int] = []
+        sources = [self.tokenizer.eos_token_id, getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)]
+        for source in sources:
+            for value in source if isinstance(source, list | tuple) else [source]:
+                if value is not None and int(value) not in ids:
+                    ids.append(int(value))
+        return tuple(ids)
+
+
+def _sample(logits, sampling: SamplingParams, generator):
+    """Sample one token per row. Returns ``(token [B], logprob [B], entropy [B])``.
+
+    logprob/entropy are of ``softmax(logits / T)`` before truncation (T = 1 when greedy).
+    """
+    import torch
+
+    logits = logits.float()
+    temperature = sampling.temperature if sampling.temperature > 0 else 1.0
+    logp = torch.log_softmax(logits / temperature, dim=-1)  # [B, V]
+    entropy = -(logp.exp() * logp).sum(-1)  # [B]
+    if sampling.temperature == 0:
+        token = logp.argmax(-1)
+    else:
+        filtered = logp
+        if sampling.top_k:
+            kth = torch.topk(filtered, min(sampling.top_k, filtered.shape[-1]), dim=-1).values[:, -1:]
+            filtered = filtered.masked_fill(filtered < kth, float("-inf"))
+        if sampling.top_p < 1.0:
+            sorted_logp, order = torch.sort(filtered, descending=True, dim=-1)
+            cumulative = sorted_logp.exp().cumsum(-1)
+            drop_sorted = (cumulative - sorted_logp.exp()) >= sampling.top_p  # keep the first token always
+            drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+            filtered = filtered.masked_fill(drop, float("-inf"))
+        token = torch.multinomial(filtered.softmax(-1), 1, generator=generator).squeeze(-1)
+    return token, logp.gather(-1, token[:, None]).squeeze(-1), entropy
+
+
+def timed_generate(policy, prompts: list[list[int]], sampling: SamplingParams) -> tuple[list[Completion], float]:
+    """``policy.generate`` plus its wall time in seconds."""
+    start = time.perf_counter()
+    completions = policy.generate(prompts, sampling)
+    return completions, time.perf_counter() - start

@@ -1,0 +1,140 @@
+"""Tiny, local, download-free models for tests, benchmarks and CPU learning proofs.
+
+``tiny_model(directory)`` writes a Hugging Face model directory (config, weights, tokenizer with a
+chat template) that ``transformers.AutoModelForCausalLM.from_pretrained`` and
+``AutoTokenizer.from_pretrained`` load like any hub model, so every backend (transformers, our
+OpenAI-compatible server, vLLM) can be exercised without the network:
+
+* the tokenizer is a byte-level BPE trained with ``tokenizers`` on the text you pass (environment
+  observations, instructions, actions) plus a small built-in corpus, so an action is a few tokens
+  and any unicode string still round-trips;
+* the chat template is ChatML (``<|im_start|>role\\n...<|im_end|>\\n``, as Qwen2), or, with
+  ``chat_template="reasoning"``, a Qwen3-like template that drops ``<think>...</think>`` from earlier
+  assistant turns: the kind of template that breaks the prefix property of the concat layout;
+* the model is a Qwen2 (Llama-style) decoder built from a config with random weights.
+
+Example::
+
+    from agentrl.testing import tiny_model
+    path = tiny_model("/tmp/tiny", texts=["You are in a kitchen.", "open the fridge"])
+    policy = agentrl.policies.HFPolicy(path)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+#: Special tokens of the ChatML family; ``<|im_end|>`` ends an assistant turn (the EOS of a chat).
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+CHATML_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+#: Like Qwen3: reasoning inside ``<think>...</think>`` is removed from assistant turns when rendered
+#: again, so an earlier turn's text changes once the conversation moves on.
+REASONING_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- set content = message['content'] %}"
+    "{%- if message['role'] == 'assistant' and '</think>' in content %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}"
+    "{%- endif %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+CHAT_TEMPLATES = {"chatml": CHATML_TEMPLATE, "reasoning": REASONING_TEMPLATE}
+
+_BASE_CORPUS = [
+    "You are an agent in a text game. Reply with one command inside <action>...</action>.",
+    "<action>look</action> <action>inventory</action> <action>go north</action> <action>take key</action>",
+    "Admissible actions: open door, close door, go east, go west, go south, examine table, put apple on table",
+    "<think>I should open the chest first.</think><action>open chest</action>",
+    "The quick brown fox jumps over the lazy dog. 0123456789 !?.,;:'\"()[]{}<>/\\|-_+=*&^%$#@~`",
+    "Your task is to find the key and unlock the box. You see a room with a table, a chair and a door.",
+]
+
+
+def tiny_tokenizer(texts: Iterable[str] = (), *, vocab_size: int = 1024, chat_template: str = "chatml"):
+    """A ``PreTrainedTokenizerFast`` (byte-level BPE) trained on ``texts`` with a chat template set.
+
+    ``chat_template`` is ``"chatml"``, ``"reasoning"`` or a Jinja template string.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(_BASE_CORPUS) + [str(t) for t in texts], trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        unk_token=None,
+    )
+    fast.chat_template = CHAT_TEMPLATES.get(chat_template, chat_template)
+    return fast
+
+
+def tiny_model(
+    directory: str | Path,
+    texts: Iterable[str] = (),
+    *,
+    vocab_size: int = 1024,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    max_position_embeddings: int = 4096,
+    chat_template: str = "chatml",
+    seed: int = 0,
+) -> str:
+    """Write a tiny Qwen2 model + tokenizer to ``directory`` and return its path (a string).
+
+    Deterministic for the same arguments and ``seed``. A few hundred thousand parameters by default:
+    fast enough for CPU tests, shaped like the real thing (GQA, RoPE, RMSNorm, tied embeddings).
+    """
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = tiny_tokenizer(texts, vocab_size=vocab_size, chat_template=chat_template)
+    eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        bos_token_id=None,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=eos_id, pad_token_id=pad_id)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    (directory / "agentrl_tiny.json").write_text(json.dumps({"chat_template": chat_template, "seed": seed}) + "\n")
+    return str(directory)

@@ -1,0 +1,171 @@
+"""The transformers backend against an independent reference: a plain full forward of prompt + completion."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from agentrl.policies import Completion, Policy, SamplingParams  # noqa: E402
+from agentrl.policies.hf import HFPolicy  # noqa: E402
+
+PROMPTS_TEXT = ["You see a fridge.", "Your task is to take the apple from the fridge and put it on the table.", "go"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two shared cores: one intra-op thread avoids oversubscription stalls (results do not depend on it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_chat_model) -> HFPolicy:
+    return HFPolicy(tiny_chat_model, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def prompts(policy) -> list[list[int]]:
+    return [policy.tokenizer(t, add_special_tokens=False)["input_ids"] for t in PROMPTS_TEXT]
+
+
+def reference_logprobs(model, prompt: list[int], completion: list[int], temperature: float = 1.0):
+    """Log-probabilities and entropies of ``completion`` under one unpadded, uncached forward."""
+    ids = torch.tensor([prompt + completion])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].double() / temperature
+    logp = torch.log_softmax(logits, -1)
+    chosen = logp.gather(-1, torch.tensor(completion)[:, None]).squeeze(-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return chosen, entropy, logits
+
+
+def test_policy_protocol(policy):
+    assert isinstance(policy, Policy)
+    assert policy.version == 0
+
+
+@pytest.mark.parametrize("static_cache", [False, True])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logprobs_and_entropies_match_a_full_forward(policy, prompts, static_cache, temperature):
+    policy.static_cache = static_cache
+    try:
+        sampling = SamplingParams(max_new_tokens=12, temperature=temperature, seed=3, return_entropies=True, stop_token_ids=())
+        completions = policy.generate(prompts, sampling)
+    finally:
+        policy.static_cache = False
+    assert len(completions) == len(prompts)
+    for prompt, completion in zip(prompts, completions, strict=True):
+        assert isinstance(completion, Completion)
+        assert completion.finish_reason == "length" and len(completion.token_ids) == 12
+        chosen, entropy, _ = reference_logprobs(policy.model, prompt, completion.token_ids, temperature)
+        torch.testing.assert_close(torch.tensor(completion.logprobs, dtype=torch.float64), chosen, atol=2e-5, rtol=0)
+        torch.testing.assert_close(torch.tensor(completion.entropies, dtype=torch.float64), entropy, atol=2e-5, rtol=0)
+
+
+def test_greedy_picks_the_argmax_every_step(policy, prompts):
+    completions = policy.generate(prompts, SamplingParams(max_new_tokens=8, temperature=0.0, stop_token_ids=()))
+    for prompt, completion in zip(prompts, completions, strict=True):
+        _, _, logits = reference_logprobs(policy.model, prompt, completion.token_ids)
+        assert completion.token_ids == logits.argmax(-1).tolist()
+    top1 = policy.generate(prompts, SamplingParams(max_new_tokens=8, temperature=1.0, top_k=1, seed=5, stop_token_ids=()))
+    assert [c.token_ids for c in top1] == [c.token_ids for c in completions]
+
+
+def test_seeded_sampling_is_reproducible(policy, prompts):
+    sampling = SamplingParams(max_new_tokens=16, temperature=1.0, seed=11, stop_token_ids=())
+    first, again = policy.generate(prompts, sampling), policy.generate(prompts, sampling)
+    assert [c.token_ids for c in first] == [c.token_ids for c in again]
+    other = policy.generate(prompts, SamplingParams(max_new_tokens=16, temperature=1.0, seed=12, stop_token_ids=()))
+    assert [c.token_ids for c in first] != [c.token_ids for c in other]
+
+
+def test_first_token_frequencies_follow_the_tempered_softmax(policy, prompts):
+    """2,000 one-token samples of one prompt: frequencies within 5 sigma of softmax(logits / T)."""
+    n, temperature = 2000, 0.8
+    prompt = prompts[0]
+    completions = policy.generate([prompt] * n, SamplingParams(max_new_tokens=1, temperature=temperature, seed=0, stop_token_ids=()))
+    with torch.no_grad():
+        logits = policy.model(input_ids=torch.tensor([prompt])).logits[0, -1].double()
+    probs = torch.softmax(logits / temperature, -1)
+    counts = torch.bincount(torch.tensor([c.token_ids[0] for c in completions]), minlength=probs.numel()).double()
+    sigma = (n * probs * (1 - probs)).sqrt()
+    assert bool(((counts - n * probs).abs() <= 5 * sigma + 1).all())
+
+
+def test_top_p_samples_stay_in_the_nucleus(policy, prompts):
+    prompt, top_p = prompts[1], 0.5
+    completions = policy.generate([prompt] * 300, SamplingParams(max_new_tokens=1, top_p=top_p, seed=1, stop_token_ids=()))
+    with torch.no_grad():
+        probs = torch.softmax(policy.model(input_ids=torch.tensor([prompt])).logits[0, -1].double(), -1)
+    sorted_probs, order = probs.sort(descending=True)
+    keep = int((sorted_probs.cumsum(0) - sorted_probs < top_p).sum())  # smallest prefix with mass >= top_p
+    nucleus = set(order[:keep].tolist())
+    sampled = {c.token_ids[0] for c in completions}
+    assert sampled <= nucleus
+    assert len(sampled) > 1 or keep == 1
+
+
+def test_stop_strings_end_the_completion_right_after_the_stop(policy, prompts):
+    tokenizer = policy.tokenizer
+    completions = policy.generate(prompts * 4, SamplingParams(max_new_tokens=64, stop=("e",), seed=2, stop_token_ids=()))
+    stopped = [c for c in completions if c.finish_reason == "stop"]
+    assert stopped, "no completion produced an 'e' within 64 tokens"
+    for completion in completions:
+        text = tokenizer.decode(completion.token_ids)
+        before = tokenizer.decode(completion.token_ids[:-1])
+        if completion.finish_reason == "stop":
+            assert "e" in text and "e" not in before
+        else:
+            assert len(completion.token_ids) == 64 and "e" not in text
+
+
+def test_stop_token_is_kept_and_ends_the_turn(policy, prompts):
+    greedy = policy.generate(prompts, SamplingParams(max_new_tokens=6, temperature=0.0, stop_token_ids=()))
+    second = [c.token_ids[1] for c in greedy]
+    stopped = policy.generate(prompts, SamplingParams(max_new_tokens=6, temperature=0.0, stop_token_ids=tuple(second)))
+    for completion, full in zip(stopped, greedy, strict=True):
+        cut = next(i for i, t in enumerate(full.token_ids) if t in second) + 1
+        assert completion.token_ids == full.token_ids[:cut]
+        assert completion.finish_reason == "stop"
+        assert completion.logprobs == pytest.approx(full.logprobs[:cut], abs=1e-5)
+
+
+def test_default_stop_is_the_chat_end_of_turn(policy):
+    assert policy.eos_ids == (policy.tokenizer.convert_tokens_to_ids("<|im_end|>"),)
+
+
+def test_load_weights_bumps_the_version(policy, prompts):
+    state = {k: v.clone() for k, v in policy.model.state_dict().items()}
+    policy.load_weights(state)
+    assert policy.version == 1
+    policy.load_weights(state, version=7)
+    assert policy.version == 7
+    policy.version = 0
+
+
+def test_bad_inputs_are_clear_errors(policy, tmp_path):
+    from agentrl.policies import PolicyError
+
+    with pytest.raises(PolicyError, match="not a Hugging Face model directory"):
+        HFPolicy(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="at least one token"):
+        policy.generate([[]], SamplingParams())
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        SamplingParams(max_new_tokens=0)
+    with pytest.raises(ValueError, match="exceeds the model context"):
+        policy.generate([[1] * policy.max_context], SamplingParams(max_new_tokens=2))
+    assert policy.generate([], SamplingParams()) == []
+
+
+def test_entropy_of_uniform_logits_is_log_vocab():
+    from agentrl.policies.hf import _sample
+
+    logits = torch.zeros(2, 50)
+    token, logprob, entropy = _sample(logits, SamplingParams(temperature=1.0), torch.Generator().manual_seed(0))
+    assert entropy.tolist() == pytest.approx([math.log(50)] * 2, abs=1e-5)
+    assert logprob.tolist() == pytest.approx([-math.log(50)] * 2, abs=1e-5)

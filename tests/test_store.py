@@ -1,0 +1,304 @@
+"""Trajectory store: exact round trips, compact token blobs, selection for training, exports.
+
+Every test that touches a database runs on SQLite and on a real PostgreSQL server (the
+``store_url`` fixture in conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from array import array
+
+import numpy as np
+import pytest
+import torch
+
+from agentrl.store import StoreError, codec, open_store
+from agentrl.store.export import episode_from_dict
+from agentrl.trajectory import Episode, Step
+
+
+def model_episode(task: str = "t0", *, seed: int = 0, group: str | None = "g0", won: bool = False,
+                  version: int | None = 3, split: str = "train", agent: str = "policy") -> Episode:  # fmt: skip
+    """A two-turn concat-layout episode: turn 1's prompt extends turn 0's prompt + response."""
+    logprobs0 = torch.tensor([-0.5, -1.25, -0.1], dtype=torch.float32).tolist()  # float32 values, as a model gives
+    steps = [
+        Step(
+            observation="You are in a kitchen.\nThere is a fridge.",
+            action="open fridge",
+            reward=0.0,
+            info={"task_id": task, "turn": 1, "won": False, "progress": 0.5, "invalid_action": False,
+                  "admissible_actions": ["open fridge", "look"]},  # fmt: skip
+            env_seconds=0.003,
+            generation_seconds=0.25,
+            prompt_ids=[151644, 8948, 198, 2610, 525],
+            response_ids=[2508, 37179, 151645],
+            loss_mask=[1, 1, 1],
+            logprobs=logprobs0,
+            entropies=[0.7, 1.3, 0.01],  # not float32-exact: stored as float64
+            policy_version=version,
+        ),
+        Step(
+            observation="The fridge is open. You see an apple.",
+            action="take apple",
+            reward=1.0 if won else 0.0,
+            terminated=won,
+            truncated=not won,
+            info={"task_id": task, "turn": 2, "won": won, "progress": 1.0 if won else 0.5},
+            env_seconds=0.004,
+            generation_seconds=0.5,
+            prompt_ids=[151644, 8948, 198, 2610, 525, 2508, 37179, 151645, 785, 37179],
+            response_ids=[22743, 23268, 151645],
+            loss_mask=[1, 1, 0],
+            logprobs=[-0.2, -0.3, -0.4],
+            entropies=[0.5, 0.25, 0.125],
+            policy_version=None if version is None else version + 1,
+        ),
+    ]
+    return Episode(
+        env_id="agentrl/TextWorld-v0", task_id=task, split=split, seed=seed, group_id=group, agent=agent,
+        policy_version=version, instruction="Find the apple.", first_observation=steps[0].observation,
+        steps=steps, won=won, progress=1.0 if won else 0.5, started_at=1_700_000_000.123456,
+        finished_at=1_700_000_002.5, meta={"reset_info": {"task_id": task}, "note": "x"},
+    )  # fmt: skip
+
+
+# --- codecs (pure functions) ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("values", "code", "size"),
+    [
+        ([0, 1, 255], "B", 1 + 3),
+        ([256, 0], "H", 1 + 4),
+        ([151645, 1], "i", 1 + 8),  # Qwen ids exceed uint16
+        ([-100, 5], "i", 1 + 8),  # negatives (ignore-index padding) skip the unsigned types
+        ([2**40], "q", 1 + 8),
+        ([], "B", 1),
+    ],
+)
+def test_int_codec_picks_the_smallest_exact_type(values, code, size):
+    blob = codec.encode_ints(values)
+    assert chr(blob[0]) == code
+    assert len(blob) == size
+    assert codec.decode(blob) == values
+
+
+def test_int_codec_rejects_what_it_cannot_store():
+    with pytest.raises(codec.CodecError, match="int64"):
+        codec.encode_ints([2**63])
+    with pytest.raises(codec.CodecError, match="integers"):
+        codec.encode_ints([1.5])
+    assert codec.encode_ints(None) is None and codec.decode(None) is None
+
+
+def test_float_codec_is_exact_and_uses_float32_only_when_lossless():
+    exact32 = [0.5, -0.25, float(np.float32(-1.2345))]
+    blob = codec.encode_floats(exact32)
+    assert chr(blob[0]) == "f" and len(blob) == 1 + 4 * 3
+    assert codec.decode(blob) == exact32
+    not32 = [0.1, -2.0 / 3.0]
+    blob = codec.encode_floats(not32)
+    assert chr(blob[0]) == "d" and len(blob) == 1 + 8 * 2
+    assert codec.decode(blob) == not32
+    special = codec.decode(codec.encode_floats([math.inf, -0.0, math.nan]))
+    assert special[0] == math.inf and math.copysign(1.0, special[1]) == -1.0 and math.isnan(special[2])
+
+
+def test_blob_layout_is_little_endian_after_a_type_byte():
+    # The on-disk format is documented in agentrl.store.codec; check it byte by byte.
+    assert codec.encode_ints([1, 258]) == b"H" + bytes([1, 0, 2, 1])
+    assert codec.encode_floats([1.0]) == b"f" + bytes([0, 0, 0x80, 0x3F])
+    assert codec.decode_numpy(b"i" + bytes([0xFF, 0xFF, 0xFF, 0xFF])).tolist() == [-1]
+    with pytest.raises(codec.CodecError, match="whole number"):
+        codec.decode(b"i\x00\x00")
+    with pytest.raises(codec.CodecError, match="type code"):
+        codec.decode(b"z")
+
+
+def test_prompt_delta_stores_only_the_new_ids():
+    context = [5, 6, 7, 8]
+    prompt = [5, 6, 7, 8, 9, 10]
+    blob = codec.encode_prompt(prompt, context)
+    assert blob == bytes([ord("B") | codec.DELTA_FLAG, 9, 10])
+    assert codec.decode_prompt(blob, context) == prompt
+    rewritten = [5, 6, 99, 8, 9]  # a template that rewrote history: stored whole, never as a delta
+    assert not codec.is_delta(codec.encode_prompt(rewritten, context))
+    assert codec.decode_prompt(codec.encode_prompt(rewritten, context), context) == rewritten
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["plain", "", "caf\u00e9 \U0001f600", "nul\x00inside", "lone \ud800 surrogate", "\ue000starts with the marker",
+     "back\\slash\x00\\0", "\\u0041 looks escaped"],
+)  # fmt: skip
+def test_text_escaping_round_trips_any_string(text):
+    stored = codec.escape_text(text)
+    assert "\x00" not in stored
+    stored.encode("utf-8")  # storable in any UTF-8 column
+    assert codec.unescape_text(stored) == text
+    if text in ("plain", "", "caf\u00e9 \U0001f600", "\\u0041 looks escaped"):
+        assert stored == text  # ordinary strings are stored as they are
+
+
+# --- round trips on both backends ----------------------------------------------------------------
+def test_every_field_round_trips(store_url):
+    odd = Episode(
+        env_id="agentrl/TextWorld-v0", task_id="odd\x00task", seed=2**40, group_id=None, agent="",
+        first_observation="lone \ud800 and nul \x00 and \ue000", instruction=None, error="RuntimeError: boom",
+        steps=[Step(observation="x" * 200_000, action="\x00\x01garbage\ud83d", reward=-0.5, truncated=True,
+                    info={"weird": "\x00\ud800", "nested": {"a": [1, 2.5, None, True]}, "nan": math.nan})],
+        finished_at=None, meta={},
+    )  # fmt: skip
+    scripted = Episode(env_id="e", task_id="t", steps=[Step("o", "a")], meta={"k": 1})
+    empty = Episode(env_id="e", task_id="t", steps=[])  # an env that failed on reset
+    episodes = [model_episode(won=True), odd, scripted, empty]
+    with open_store(store_url) as store:
+        run = store.start_run("roundtrip", env_id="agentrl/TextWorld-v0", config={"lr": 1e-6}, kind="train")
+        ids = [store.write_episode(run, ep) for ep in episodes]
+        assert ids == sorted(ids) and len(set(ids)) == 4
+        back = store.read_episodes(run)
+        assert store.check_integrity() == []
+        (info,) = store.runs()
+    assert back[0] == episodes[0]
+    assert back[2:] == episodes[2:]
+    # NaN != NaN, so compare the odd episode field by field with the NaN taken out.
+    assert math.isnan(back[1].steps[0].info.pop("nan")) and episodes[1].steps[0].info.pop("nan") is not None
+    assert back[1] == episodes[1]
+    assert back[0].steps[1].prompt_ids[:8] == back[0].steps[0].prompt_ids + back[0].steps[0].response_ids
+    assert (info.name, info.kind, info.config, info.episodes, info.steps, info.won) == (
+        "roundtrip", "train", {"lr": 1e-6}, 4, 4, 1,
+    )  # fmt: skip
+    assert info.mean_return == pytest.approx((1.0 - 0.5 + 0.0 + 0.0) / 4)
+
+
+def test_token_arrays_are_stored_as_compact_binary(store_url):
+    from sqlalchemy import select
+
+    from agentrl.store.models import steps_table
+
+    with open_store(store_url) as store:
+        run = store.start_run("sizes")
+        store.write_episode(run, model_episode())
+        with store.engine.connect() as conn:
+            rows = conn.execute(select(steps_table).order_by(steps_table.c.turn)).all()
+    first, second = rows
+    assert bytes(first.prompt_ids) == b"i" + array("i", [151644, 8948, 198, 2610, 525]).tobytes()
+    # Turn 1 extends turn 0's 8-token context by two ids: a delta blob of 2 x uint16.
+    assert bytes(second.prompt_ids) == bytes([ord("H") | codec.DELTA_FLAG]) + array("H", [785, 37179]).tobytes()
+    assert len(first.loss_mask) == 1 + 3 and len(first.logprobs) == 1 + 4 * 3 and len(first.entropies) == 1 + 8 * 3
+
+
+def test_batch_write_is_all_or_nothing(store_url):
+    bad = model_episode("bad")
+    bad.steps[1].action = None  # not a string: rejected before anything is written
+    with open_store(store_url) as store:
+        run = store.start_run("atomic")
+        with pytest.raises(StoreError, match="episode 1 turn 1: action must be a string"):
+            store.write_episodes(run, [model_episode("ok"), bad])
+        with pytest.raises(StoreError, match="does not fit a 32-bit"):
+            store.write_episodes(run, [model_episode("ok", version=2**31)])
+        with pytest.raises(StoreError, match="write to .* failed"):  # no such run: the database refuses
+            store.write_episodes(9999, [model_episode("ok"), model_episode("ok2")])
+        assert store.count_episodes() == 0
+        ids = store.write_episodes(run, [model_episode("a"), model_episode("b")])  # PostgreSQL may skip ids
+        assert [(i, ep.task_id) for i, ep in store.iter_episodes(run, with_ids=True)] == list(zip(ids, "ab", strict=True))
+
+
+def test_selection_by_run_version_split_outcome_group(store_url):
+    with open_store(store_url) as store:
+        run_a, run_b = store.start_run("a"), store.start_run("b")
+        # (task, version, split, won, group); the episode spans version..version+1 (see model_episode)
+        spec = [("e1", 1, "train", False, "g1"), ("e2", 3, "train", True, "g1"), ("e3", 5, "valid", True, "g2"),
+                ("e4", 6, "train", False, "g2"), ("e5", None, "train", True, "g3")]  # fmt: skip
+        ids = [store.write_episode(run_a, model_episode(t, version=v, split=s, won=w, group=g)) for t, v, s, w, g in spec]
+        store.write_episode(run_b, model_episode("other", version=3))
+
+        def tasks(**kw):
+            return [ep.task_id for ep in store.read_episodes(**kw)]
+
+        assert tasks(run_id=run_a) == ["e1", "e2", "e3", "e4", "e5"]
+        assert tasks(run_id=run_b) == ["other"]
+        assert tasks(run_id=run_a, policy_versions=(3, 6)) == ["e2", "e3"]  # e4 spans 6..7
+        assert tasks(run_id=run_a, policy_versions=(4, 7)) == ["e3", "e4"]
+        assert tasks(policy_versions=(3, 4)) == ["e2", "other"]  # all runs
+        assert tasks(run_id=run_a, split="valid") == ["e3"]
+        assert tasks(run_id=run_a, won=True) == ["e2", "e3", "e5"]
+        assert tasks(run_id=run_a, won=False, split="train") == ["e1", "e4"]
+        assert tasks(run_id=run_a, group_id="g2") == ["e3", "e4"]
+        assert tasks(run_id=run_a, limit=2) == ["e1", "e2"]
+        assert tasks(run_id=run_a, since_id=ids[2]) == ["e4", "e5"]
+        chunks = list(store.iter_episode_chunks(run_a, batch_size=2))
+        assert [[ep.task_id for _, ep in chunk] for chunk in chunks] == [["e1", "e2"], ["e3", "e4"], ["e5"]]
+        assert store.count_episodes(run_a, won=True) == 3
+        assert store.get_run("a").id == run_a and store.get_run(str(run_b)).name == "b"
+        assert store.get_episode(ids[1]).task_id == "e2"
+        with pytest.raises(StoreError, match="no run 'zzz'"):
+            store.get_run("zzz")
+        with pytest.raises(ValueError, match="low must be <= high"):
+            store.read_episodes(policy_versions=(5, 1))
+
+
+def test_step_batches_as_tensors(store_url):
+    with open_store(store_url) as store:
+        run = store.start_run("tensors")
+        first = store.write_episode(run, model_episode("a", group="g", won=True))
+        second = store.write_episode(run, model_episode("b", group="g", won=False, version=None))
+        (batch,) = list(store.iter_batches(run, episodes_per_batch=8, pad_id=-1))
+    ep = model_episode("a", group="g", won=True)
+    s0, s1 = ep.steps
+    assert batch["input_ids"].shape == (4, 13)  # the longest row: 10 prompt + 3 response ids
+    assert batch["input_ids"][0].tolist() == s0.prompt_ids + s0.response_ids + [-1] * 5
+    assert batch["input_ids"][1].tolist() == s1.prompt_ids + s1.response_ids
+    assert batch["attention_mask"][0].tolist() == [1] * 8 + [0] * 5
+    assert batch["response_mask"][1].tolist() == [0.0] * 10 + [1.0, 1.0, 0.0]
+    assert batch["response_mask"][0].tolist() == [0.0] * 5 + [1.0] * 3 + [0.0] * 5
+    assert batch["logprobs"][0, 5:8].tolist() == s0.logprobs  # float32-exact values survive
+    assert torch.equal(batch["entropies"][1, 10:], torch.tensor(s1.entropies, dtype=torch.float32))
+    assert batch["logprobs"][0, :5].abs().sum().item() == 0.0
+    assert batch["traj_id"].tolist() == [first, first, second, second]
+    assert batch["turn"].tolist() == [0, 1, 0, 1]
+    assert batch["group_index"].tolist() == [0, 0, 0, 0] and batch["group_ids"] == ["g"]
+    assert batch["policy_version"].tolist() == [3, 4, -1, -1]
+    assert batch["rewards"].tolist() == [0.0, 1.0, 0.0, 0.0]
+    assert batch["returns"].tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert batch["prompt_lengths"].tolist() == [5, 10, 5, 10]
+    assert batch["response_lengths"].tolist() == [3, 3, 3, 3]
+
+
+def test_tensor_batches_refuse_episodes_without_tokens(tmp_path):
+    with open_store(tmp_path / "s.db") as store:
+        run = store.start_run("scripted")
+        store.write_episode(run, Episode(env_id="e", task_id="t", steps=[Step("o", "a")]))
+        with pytest.raises(ValueError, match="has no token ids"):
+            next(store.iter_batches(run))
+
+
+def test_exports_parquet_jsonl_and_hf_dataset(store_url, tmp_path):
+    import pyarrow.parquet as pq
+
+    with open_store(store_url) as store:
+        run = store.start_run("export")
+        ids = [store.write_episode(run, model_episode(f"t{i}", won=i % 2 == 0)) for i in range(3)]
+        steps_path, jsonl_path = tmp_path / "steps.parquet", tmp_path / "eps.jsonl"
+        assert store.export_parquet(str(steps_path), run) == 6
+        assert store.export_jsonl(str(jsonl_path), run) == 3
+        sft = store.to_hf_dataset(run, won=True)
+        episodes_table = store.to_arrow(run, level="episode")
+    table = pq.read_table(steps_path)
+    rows = table.to_pylist()
+    reference = model_episode("t1", won=False)
+    row = rows[3]  # episode t1, turn 1
+    assert (row["episode_id"], row["task_id"], row["turn"], row["won"]) == (ids[1], "t1", 1, False)
+    assert row["prompt_ids"] == reference.steps[1].prompt_ids and row["loss_mask"] == [1, 1, 0]
+    assert row["logprobs"] == reference.steps[1].logprobs and row["action"] == "take apple"
+    assert json.loads(row["info"]) == reference.steps[1].info
+    lines = jsonl_path.read_text().splitlines()
+    assert episode_from_dict(json.loads(lines[1])) == reference
+    assert len(sft) == 2 and sft["task_id"] == ["t0", "t2"]
+    assert sft[0]["messages"] == [
+        {"role": "user", "content": "You are in a kitchen.\nThere is a fridge."},
+        {"role": "assistant", "content": "open fridge"},
+        {"role": "user", "content": "The fridge is open. You see an apple."},
+        {"role": "assistant", "content": "take apple"},
+    ]
+    assert episodes_table.num_rows == 3 and episodes_table.column("episode_return").to_pylist() == [1.0, 0.0, 1.0]

@@ -1,0 +1,224 @@
+"""Store schema migrations, bad input, and the command line (``agentrl store ...``, ``eval --store``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from typer.testing import CliRunner
+
+from agentrl.cli import app
+from agentrl.store import SCHEMA_HEAD, StoreError, codec, open_store, upgrade_schema
+from agentrl.store.models import SCHEMA_REVISIONS, Base
+
+runner = CliRunner()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """The real console entry point in a subprocess (its error formatting is what users see)."""
+    code = "import sys; from agentrl.cli import main; sys.argv = ['agentrl'] + sys.argv[1:]; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- migrations ----------------------------------------------------------------------------------
+def test_migration_scripts_build_exactly_the_models(store_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from agentrl.store.migrate import script_revisions
+
+    assert script_revisions() == list(SCHEMA_REVISIONS)
+    assert upgrade_schema(store_url, create=True) == (None, SCHEMA_HEAD)
+    engine = create_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+    finally:
+        engine.dispose()
+    with open_store(store_url, create=False) as store:  # and the store opens it as its own
+        assert store.schema_revision() == SCHEMA_HEAD
+
+
+def _write_schema_0001_store(url: str) -> None:
+    """A store as agentrl with schema 0001 wrote it (raw SQL: today's code cannot write that schema)."""
+    assert upgrade_schema(url, "0001", create=True) == (None, "0001")
+    engine = create_engine(url)
+    episode = ("INSERT INTO episodes (run_id, env_id, task_id, split, seed, group_id, agent, policy_version, "
+               "instruction, first_observation, won, progress, episode_return, turns, truncated, error, started_at, "
+               "finished_at, meta) VALUES (:run, 'agentrl/TextWorld-v0', :task, 'train', 7, 'g', 'policy', :version, "
+               "NULL, 'start', :won, 1.0, 1.0, 2, false, NULL, 100.0, 101.0, '{}') RETURNING id")  # fmt: skip
+    step = ("INSERT INTO steps (episode_id, turn, observation, action, reward, terminated, truncated, info, env_seconds, "
+            "generation_seconds, prompt_ids, response_ids, loss_mask, logprobs, entropies, policy_version) VALUES "
+            "(:episode, :turn, 'obs', 'act', :reward, false, false, '{}', 0.5, 0.25, :prompt, :response, NULL, NULL, "
+            "NULL, :version)")  # fmt: skip
+    try:
+        with engine.begin() as conn:
+            run = conn.execute(text("INSERT INTO runs (name, kind, env_id, config, agentrl_version, created_at) "
+                                    "VALUES ('old run', 'train', NULL, NULL, '0.0.9', 50.0) RETURNING id")).scalar_one()  # fmt: skip
+            assert run == 1
+            # episode 1: versions 2 (episode), 2 and 3 (turns); episode 2: no versions at all
+            for number, version, turn_versions in ((1, 2, (2, 3)), (2, None, (None, None))):
+                params = {"run": run, "task": f"t{number}", "version": version, "won": True}
+                episode_id = conn.execute(text(episode), params).scalar_one()
+                for turn, turn_version in enumerate(turn_versions):
+                    conn.execute(text(step), {"episode": episode_id, "turn": turn, "reward": float(turn), "version": turn_version,
+                                              "prompt": codec.encode_ints([1, 2, 3]), "response": codec.encode_ints([9])})  # fmt: skip
+    finally:
+        engine.dispose()
+
+
+def test_a_store_from_an_older_schema_opens_after_upgrade(store_url):
+    _write_schema_0001_store(store_url)
+    with pytest.raises(StoreError, match="schema 0001, older than this agentrl's 0002") as excinfo:
+        open_store(store_url)
+    assert "agentrl store upgrade" in excinfo.value.hint
+    result = runner.invoke(app, ["store", "upgrade", "--store", store_url])
+    assert result.exit_code == 0, result.output
+    assert "upgraded store from schema 0001 to 0002" in result.output
+    with open_store(store_url, create=False) as store:
+        assert store.check_integrity() == []
+        assert [ep.task_id for ep in store.read_episodes(1)] == ["t1", "t2"]
+        # The 0002 backfill: episode 1 spans versions 2..3, episode 2 has none.
+        assert [ep.task_id for ep in store.read_episodes(policy_versions=(2, 3))] == ["t1"]
+        assert store.read_episodes(policy_versions=(3, 3)) == []
+        old = store.read_episodes(1)[0]
+        assert [s.reward for s in old.steps] == [0.0, 1.0] and old.steps[1].prompt_ids == [1, 2, 3]
+        run_id = store.start_run("new run")  # and the upgraded store takes new episodes
+        assert run_id == 2
+    assert "up to date (schema 0002)" in runner.invoke(app, ["store", "upgrade", "--store", store_url]).output
+
+
+# --- bad input: one line each, nothing written ---------------------------------------------------
+def test_store_of_a_newer_schema_is_refused_untouched(tmp_path):
+    path = tmp_path / "future.db"
+    with open_store(path) as store:
+        store.start_run("r")
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    engine.dispose()
+    before = digest(path)
+    with pytest.raises(StoreError, match="schema 0099, newer than this agentrl knows") as excinfo:
+        open_store(path)
+    assert "upgrade agentrl" in excinfo.value.hint
+    with pytest.raises(StoreError, match="newer"):
+        upgrade_schema(str(path))
+    assert digest(path) == before
+
+
+def test_corrupt_and_foreign_sqlite_files_are_refused_untouched(tmp_path):
+    not_sqlite = tmp_path / "notes.db"
+    not_sqlite.write_bytes(b"these are my notes, not a database\n" * 10)
+    damaged = tmp_path / "damaged.db"
+    with open_store(damaged) as store:
+        store.start_run("r")
+    data = bytearray(damaged.read_bytes())
+    data[200:3000] = bytes((i * 37) % 251 for i in range(2800))  # garble the schema page, keep the header
+    damaged.write_bytes(bytes(data))
+    foreign = tmp_path / "foreign.db"
+    engine = create_engine(f"sqlite:///{foreign}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE customers (id INTEGER PRIMARY KEY)"))
+    engine.dispose()
+    cases = [(not_sqlite, "is not a SQLite database"), (damaged, "is a corrupt SQLite database"),
+             (foreign, "holds other tables \\(customers\\) and no agentrl store schema")]  # fmt: skip
+    for path, message in cases:
+        before = digest(path)
+        with pytest.raises(StoreError, match=message) as excinfo:
+            open_store(path)
+        assert "\n" not in str(excinfo.value)
+        assert digest(path) == before
+    missing = tmp_path / "missing.db"
+    with pytest.raises(StoreError, match="no store at"):
+        open_store(missing, create=False)
+    assert not missing.exists()
+    with pytest.raises(StoreError, match="directory .* does not exist"):
+        open_store(tmp_path / "nowhere" / "x.db")
+    with pytest.raises(StoreError, match="unsupported store backend 'mysql'"):
+        open_store("mysql://user@localhost/db")
+    with pytest.raises(StoreError, match="invalid store URL"):
+        open_store("sqlite://:::/")
+
+
+def test_cli_reports_bad_stores_in_one_line(tmp_path):
+    with socket.socket() as sock:  # a port on which nothing listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"\x00\x01 garbage" * 100)
+    cases = [
+        (f"postgresql://postgres@127.0.0.1:{port}/agentrl", f"error: cannot connect to postgresql+psycopg://postgres@127.0.0.1:{port}/agentrl: "),
+        (str(garbage), f"error: {garbage} is not a SQLite database"),
+        (str(tmp_path / "absent.db"), f"error: no store at {tmp_path / 'absent.db'}"),
+    ]  # fmt: skip
+    for url, first_line in cases:
+        done = cli("store", "ls", "--store", url)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2, done.stderr
+        assert lines[0].startswith(first_line), lines
+        assert len(lines) == 2 and lines[1].startswith("hint: ")
+        assert "Traceback" not in done.stderr
+    assert not (tmp_path / "absent.db").exists()
+
+
+# --- the command line ----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_eval_records_every_episode_and_store_commands_read_them(tmp_path):
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    report_path = tmp_path / "report.json"
+    result = runner.invoke(app, ["eval", "textworld", "--agent", "expert", "--episodes", "2", "--group-size", "2",
+                                 "--store", store, "--output", str(report_path)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "recorded 4 episodes as run 1" in result.output
+    report = json.loads(report_path.read_text())
+    with open_store(store, create=False) as opened:
+        (info,) = opened.runs()
+        pairs = list(opened.iter_episodes(info.id, with_ids=True))
+    assert (info.kind, info.env_id, info.episodes) == ("eval", "agentrl/TextWorld-v0", 4)
+    assert info.config["group_size"] == 2 and info.config["agent"] == "expert"
+    for (_, stored), reported in zip(pairs, report["episodes"], strict=True):
+        assert (stored.task_id, stored.seed, stored.won, stored.turns) == (
+            reported["task_id"], reported["seed"], reported["won"], reported["turns"])  # fmt: skip
+        assert [s.action for s in stored.steps] == reported["actions"]
+        assert stored.episode_return == pytest.approx(reported["return"])
+        assert stored.agent == "expert" and stored.split == report["split"]
+
+    listing = runner.invoke(app, ["store", "ls", "--store", store])
+    assert listing.exit_code == 0, listing.output
+    row = next(line for line in listing.output.splitlines() if line.startswith("│  1 │"))
+    cells = [cell.strip() for cell in row.strip("│").split("│")]
+    steps = sum(ep.turns for _, ep in pairs)
+    assert cells[4:7] == ["4", str(steps), f"{report['summary']['success_rate']:.3f}"]
+    episode_id, episode = pairs[1]
+    shown = runner.invoke(app, ["store", "show", "1", "--episode", str(episode_id), "--store", store], terminal_width=200)
+    assert shown.exit_code == 0, shown.output
+    for turn, step in enumerate(episode.steps):
+        assert f"turn {turn} reward {step.reward:+.3f}" in shown.output
+        assert f"> {step.action}" in shown.output
+    assert ("won: return" if episode.won else "return") in shown.output
+    wrong = runner.invoke(app, ["store", "show", "1", "--episode", "999", "--store", store])
+    assert wrong.exit_code != 0 and "episode 999 is not in run 1" in str(wrong.exception)
+
+    for fmt, name in (("parquet", "steps.parquet"), ("jsonl", "episodes.jsonl"), ("hf", "dataset")):
+        done = runner.invoke(app, ["store", "export", "1", "--format", fmt, "--output", str(tmp_path / name), "--store", store])
+        assert done.exit_code == 0, done.output
+    import datasets
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "steps.parquet").num_rows == steps
+    assert len((tmp_path / "episodes.jsonl").read_text().splitlines()) == 4
+    dataset = datasets.load_from_disk(str(tmp_path / "dataset"))
+    assert len(dataset) == 4 and dataset[0]["messages"][1] == {"role": "assistant", "content": pairs[0][1].steps[0].action}
+    assert os.path.exists(tmp_path / "runs.db")
