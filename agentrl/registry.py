@@ -163,5 +163,14 @@ def _register_builtins() -> None:
         extra="mle",
     )
 
+    register(
+        "agentrl/ScienceWorld-v0",
+        "agentrl.environments.scienceworld.env:ScienceWorldEnv",
+        alias="scienceworld",
+        description="ScienceWorld's 30 science tasks on its JVM engine (train / dev / test variation panels)",
+        requires=("scienceworld",),
+        extra="scienceworld",
+    )
+
 
 _register_builtins()
