@@ -130,6 +130,15 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
 
 
 def _field_comments(cls: type) -> dict[str, str]:
+    """Field comments of ``cls`` and its dataclass bases (a subclass's own comment wins)."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            out.update(_own_field_comments(klass))
+    return out
+
+
+def _own_field_comments(cls: type) -> dict[str, str]:
     try:
         source = inspect.getsource(cls)
     except (OSError, TypeError):

@@ -1,0 +1,157 @@
+"""Online RL on TextWorld with GRPO: collect groups of episodes, compute advantages, update, repeat.
+
+This is the reference loop every online recipe shares (the benchmark recipes are this loop with the
+papers' defaults). Read it top to bottom:
+
+1. load the policy (a Hugging Face model directory) and wrap it in the LLM agent's prompt format;
+2. optionally warm up by supervised fine-tuning on expert demonstrations (``sft_episodes > 0``);
+3. per iteration: draw ``tasks_per_iteration`` train tasks, play ``group_size`` episodes of each
+   with the current weights (one batched generate per turn), write them to the store, and give
+   them to the learner (advantages + PPO-clip update, EMPG/EPO when configured);
+4. every ``eval_every`` iterations, greedy evaluation on the first ``eval_tasks`` of the eval panel.
+
+Everything lands in ``output_dir/run_name``: ``metrics.jsonl`` (one line per optimizer step and per
+evaluation), ``summary.json``, the final weights (``model/``) and the trajectory store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentrl.training.config import LearnerConfig
+
+
+@dataclass
+class Config:
+    """Online RL recipe (TextWorld, GRPO). Every field can be overridden: ``agentrl train textworld_grpo key=value``."""
+
+    model: str = ""  # Hugging Face model directory (required), e.g. a local Qwen2.5-1.5B-Instruct
+    run_name: str = "textworld_grpo"  # run directory name under output_dir, and the store's run name
+    output_dir: str = "runs"  # where run directories are created
+    store: str = ""  # trajectory store URL; empty = sqlite:///<output_dir>/<run_name>/store.db
+    env: str = "textworld"  # environment id or alias
+    env_args: dict[str, Any] = field(default_factory=lambda: {"difficulty": "easy"})  # env constructor arguments
+    max_turns: int = 8  # turn budget per episode (the env's max_turns)
+    train_split: str = "train"  # tasks are drawn from this panel
+    train_tasks: int = 0  # draw from the first N tasks of the train panel only (0 = all of it)
+    eval_split: str = "valid"  # evaluation panel
+    eval_tasks: int = 50  # evaluate on the first N tasks of the eval panel (0 = no evaluation)
+    eval_every: int = 5  # evaluate every N iterations (and before the first and after the last)
+    iterations: int = 20  # RL iterations (each is one learner update)
+    tasks_per_iteration: int = 8  # distinct train tasks per iteration
+    group_size: int = 8  # episodes per task (GRPO group)
+    temperature: float = 1.0  # rollout sampling temperature
+    max_new_tokens: int = 32  # tokens per turn
+    max_parallel: int = 32  # live episodes at once (one batched generate per turn)
+    layout: str = "concat"  # token layout: concat (whole episode) or per_step (windowed history)
+    history: int | None = None  # per_step layout: turns of history in each prompt (None = all)
+    sft_episodes: int = 0  # expert demonstrations for a supervised warm-up (0 = none)
+    sft_epochs: int = 3  # passes over the demonstrations
+    sft_lr: float = 1e-3  # warm-up learning rate
+    sft_batch_tokens: int = 2048  # padded tokens per warm-up optimizer step
+    seed: int = 0  # seeds task draws, sampling and the learner
+    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=1e-5, total_steps=20))  # the update
+
+
+def main(cfg: Config) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    import agentrl
+    from agentrl.agents.llm import LLMAgent, prompt_format_for
+    from agentrl.policies import HFPolicy, SamplingParams
+    from agentrl.rollout.collector import Collector
+    from agentrl.rollout.evaluate import evaluate_model
+    from agentrl.store import open_store
+    from agentrl.training.learner import Learner
+    from agentrl.training.metrics import MetricsLogger
+    from agentrl.training.sft import demonstrations, sft_update
+
+    if not cfg.model:
+        raise ValueError("set model=PATH (a Hugging Face model directory) for this recipe")
+    run_dir = Path(cfg.output_dir) / cfg.run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+
+    # 1. policy, agent, environments, store, learner
+    policy = HFPolicy(cfg.model, seed=cfg.seed)
+    agent = LLMAgent(policy.tokenizer, prompt_format_for(cfg.env), layout=cfg.layout, history=cfg.history)
+    entry = agentrl.registry.resolve(cfg.env)
+
+    def make_env(split: str) -> agentrl.TextEnv:
+        return agentrl.make(entry.id, split=split, max_turns=cfg.max_turns, **cfg.env_args)
+
+    store = open_store(cfg.store or f"sqlite:///{run_dir / 'store.db'}")
+    run_id = store.start_run(cfg.run_name, env_id=entry.id, config=_jsonable_config(cfg), kind="train")
+    logger = MetricsLogger(run_dir)
+    learner = Learner(policy.model, cfg.learner, pad_token_id=policy.pad_id, logger=logger)
+    train_panel = make_env(cfg.train_split).task_ids(cfg.train_split)[: cfg.train_tasks or None]
+    sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                              stop=("</action>",), return_entropies=True)
+    greedy = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0.0, stop=("</action>",))
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "evaluations": []}
+
+    def evaluate(iteration: int) -> None:
+        if cfg.eval_tasks <= 0:
+            return
+        env = make_env(cfg.eval_split)
+        panel = env.task_ids(cfg.eval_split)[: cfg.eval_tasks]
+        env.close()
+        report, _ = evaluate_model(lambda: make_env(cfg.eval_split), policy, agent, env_id=entry.id,
+                                   split=cfg.eval_split, panel=panel, sampling=greedy, max_parallel=cfg.max_parallel)
+        result = {"iteration": iteration, "policy_version": learner.step, **report.summary()}
+        summary["evaluations"].append(result)
+        logger.log(learner.step, {"eval/success_rate": result["success_rate"], "eval/mean_progress": result["mean_progress"],
+                                  "eval/mean_turns": result["mean_turns"], "iteration": iteration})
+        print(f"[{cfg.run_name}] eval after {iteration} iterations: success {result['success_rate']:.3f} "
+              f"progress {result['mean_progress']:.3f} turns {result['mean_turns']:.1f}", flush=True)
+
+    # 2. supervised warm-up on expert demonstrations
+    if cfg.sft_episodes > 0:
+        env = make_env(cfg.train_split)
+        demo_tasks = [str(t) for t in rng.choice(train_panel, size=cfg.sft_episodes, replace=False)]
+        demos = [ep for ep in demonstrations(env, agent, demo_tasks, env_id=entry.id, seed=cfg.seed) if ep.won]
+        env.close()
+        store.write_episodes(run_id, demos)
+        history = sft_update(policy.model, demos, lr=cfg.sft_lr, epochs=cfg.sft_epochs, pad_token_id=policy.pad_id,
+                             micro_batch_tokens=cfg.sft_batch_tokens, seed=cfg.seed)
+        summary["sft"] = {"demonstrations": len(demos), "first_loss": history[0]["loss"], "last_loss": history[-1]["loss"]}
+
+    # 3. collect -> store -> update
+    evaluate(0)
+    with Collector(lambda: make_env(cfg.train_split), policy, agent, env_id=entry.id, sampling=sampling,
+                   max_parallel=cfg.max_parallel, split=cfg.train_split) as collector:
+        for iteration in range(1, cfg.iterations + 1):
+            started = time.perf_counter()
+            tasks = [str(t) for t in rng.choice(train_panel, size=cfg.tasks_per_iteration, replace=False)]
+            episodes = collector.run(tasks, group_size=cfg.group_size, seed=int(rng.integers(1 << 31)))
+            store.write_episodes(run_id, episodes)
+            rollout = {
+                "rollout/success_rate": float(np.mean([ep.won for ep in episodes])),
+                "rollout/mean_return": float(np.mean([ep.episode_return for ep in episodes])),
+                "rollout/mean_turns": float(np.mean([ep.turns for ep in episodes])),
+                "rollout/seconds": time.perf_counter() - started,
+            }
+            learner.update(episodes)
+            policy.version = learner.step
+            logger.log(learner.step, {"iteration": iteration, **rollout})
+            if iteration % cfg.eval_every == 0 or iteration == cfg.iterations:
+                evaluate(iteration)
+
+    # 4. save
+    learner.export_pretrained(run_dir / "model")
+    policy.tokenizer.save_pretrained(run_dir / "model")
+    store.close()
+    logger.close()
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _jsonable_config(cfg: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
