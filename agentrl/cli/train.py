@@ -26,6 +26,7 @@ def train(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of config overrides.")] = None,
     list_recipes: Annotated[bool, typer.Option("--list", help="List the recipes and exit.")] = False,
     show_config: Annotated[bool, typer.Option("--show-config", help="Print the recipe's config fields and exit.")] = False,
+    ray: Annotated[str | None, typer.Option("--ray", help="Ray cluster for rollout workers: 'local' or an address (recipes with a 'ray' field).")] = None,
 ) -> None:
     """Run a training recipe: its typed config, overridden by --config FILE then key=value pairs."""
     from agentrl.config import ConfigError, describe, load_config
@@ -47,6 +48,12 @@ def train(
             table.add_row(*row)
         console.print(table)
         return
+    if ray is not None:
+        import dataclasses
+
+        if "ray" not in {f.name for f in dataclasses.fields(module.Config)}:
+            raise UserError(f"recipe {recipe!r} has no Ray mode", hint="--ray works with recipes that have a 'ray' field, e.g. mle_async")
+        overrides = [*(overrides or []), f"ray={ray}"]
     try:
         cfg = load_config(module.Config, config, overrides)
     except ConfigError as exc:

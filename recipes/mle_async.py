@@ -1,0 +1,183 @@
+"""Asynchronous, duration-aware RL on ML-engineering tasks (arXiv 2509.01684), Ray rollout workers.
+
+The paper's setting: an action is a whole program that trains a model, and programs take from a
+second (a crash) to minutes (real training). Rollout workers therefore run asynchronously and
+fast, poor programs would flood every batch; duration-aware updates weight each action's
+policy-gradient term by ``env_seconds / mean_batch(env_seconds)`` to undo that. Rewards are the MLE
+env's partial credit (+0.1 per progress milestone the instrumented program prints, the normalized
+score of a valid submission, a penalty for a failed run).
+
+Read it top to bottom:
+
+1. the learner's model, the trajectory store (PostgreSQL for workers on several machines) and a
+   Ray cluster (``ray=local`` starts a private one on loopback; ``ray=ADDRESS`` joins one);
+2. half the groups "solve from scratch" (one attempt), half "improve the previous solution" (a
+   second attempt that sees the first one's outcome and whose workspace keeps ``solution.py``);
+3. the actor-learner loop (:mod:`agentrl.distributed.actor_learner`): workers play groups with the
+   newest weights they have and write them to the store; the learner takes whole groups at most
+   ``max_staleness`` versions old, updates (PPO-clip against the behaviour log-probs = clipped
+   importance ratio, GRPO advantages, duration weights) and publishes the new weights;
+4. the final weights go to ``output_dir/run_name/model``.
+
+Paper defaults where they apply: 128 episodes per update (16 groups of 8), lr 1e-5, duration
+weighting on. ``agentrl train mle_async model=PATH`` (``--ray ADDRESS`` sets ``ray``). Under
+``torchrun --nproc-per-node N $(which agentrl) train mle_async ...`` the learner is FSDP2 over the N
+ranks (:mod:`agentrl.distributed.fsdp`): rank 0 drives the workers and broadcasts each batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentrl.training.config import LearnerConfig
+
+
+@dataclass
+class Config:
+    """Asynchronous MLE recipe. Every field can be overridden: ``agentrl train mle_async key=value``."""
+
+    model: str = ""  # Hugging Face model directory (required)
+    run_name: str = "mle_async"  # run directory name under output_dir, and the store's run name
+    output_dir: str = "runs"  # where run directories are created
+    store: str = ""  # trajectory store URL; empty = sqlite:///<output_dir>/<run_name>/store.db (one machine)
+    ray: str = "local"  # Ray cluster: "local" starts a private one on 127.0.0.1, else an address to join
+    env: str = "mle"  # environment id or alias
+    env_args: dict[str, Any] = field(default_factory=dict)  # env constructor arguments (MLE: time_budget_s=300 by default)
+    split: str = "train"  # task panel the groups are drawn from
+    train_tasks: int = 0  # draw from the first N tasks of the panel only (0 = all of it)
+    improve_fraction: float = 0.5  # share of groups that "improve the previous solution" (2 attempts), rest 1 attempt
+    workers: int = 2  # rollout workers (Ray actors)
+    worker_cpus: float = 1.0  # CPUs Ray reserves per worker
+    worker_gpus: float = 0.0  # GPUs per worker (a fraction shares one; 0 = workers generate on the CPU)
+    max_parallel: int = 8  # live episodes per worker
+    updates: int = 50  # learner updates
+    group_size: int = 8  # episodes per task (GRPO group)
+    groups_per_update: int = 16  # groups per update: 16 x 8 = the paper's batch of 128
+    max_staleness: int = 2  # oldest usable policy version = current - max_staleness (0 = synchronous)
+    wait_timeout_s: float = 1800.0  # stop with a clear error when no fresh episode arrives for this long
+    max_worker_restarts: int = 5  # dead workers replaced at most this many times per run
+    temperature: float = 1.0  # rollout sampling temperature
+    max_new_tokens: int = 1024  # tokens per attempt (a whole program)
+    seed: int = 0  # seeds task draws, sampling and the learner
+    learner: LearnerConfig = field(
+        default_factory=lambda: LearnerConfig(lr=1e-5, total_steps=50, duration_weighting=True)
+    )  # the update (duration weighting on)
+
+
+def main(cfg: Config) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    import agentrl
+    from agentrl.distributed.actor_learner import ActorLearner
+    from agentrl.distributed.ray_local import init_ray, shutdown_ray
+    from agentrl.distributed.worker import WorkerSpec
+    from agentrl.policies.hf import load_model_and_tokenizer
+    from agentrl.store import open_store
+    from agentrl.training.learner import Learner
+    from agentrl.training.metrics import MetricsLogger
+
+    if not cfg.model:
+        raise ValueError("set model=PATH (a Hugging Face model directory) for this recipe")
+    if not 0 <= cfg.improve_fraction <= 1:
+        raise ValueError(f"improve_fraction must be in [0, 1], got {cfg.improve_fraction}")
+    run_dir = Path(cfg.output_dir) / cfg.run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+
+    # 1. learner (one process, or FSDP2 over the ranks of `torchrun --nproc-per-node N`), store, Ray
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if world > 1 and device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, device=device)
+    pad_id = tokenizer.pad_token_id or 0
+    learner: Any
+    if world > 1:  # rank 0 runs everything below; the other ranks only mirror its updates
+        import torch.distributed as dist
+
+        from agentrl.distributed.fsdp import FSDPLearner, RankZeroLearner, follow_updates
+
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        rank = dist.get_rank()
+        fsdp = FSDPLearner(model, cfg.learner, pad_token_id=pad_id, logger=MetricsLogger(run_dir) if rank == 0 else None)
+        if rank != 0:
+            try:
+                return {"rank": rank, "updates": follow_updates(fsdp)}
+            finally:
+                dist.destroy_process_group()
+        learner, logger = RankZeroLearner(fsdp), fsdp.learner.logger
+    else:
+        logger = MetricsLogger(run_dir)
+        learner = Learner(model, cfg.learner, pad_token_id=pad_id, logger=logger)
+    entry = agentrl.registry.resolve(cfg.env)
+    store_url = cfg.store or f"sqlite:///{(run_dir / 'store.db').resolve()}"
+    store = open_store(store_url)
+    run_id = store.start_run(cfg.run_name, env_id=entry.id, config=_jsonable_config(cfg), kind="train")
+    started_ray = init_ray(cfg.ray, num_cpus=None)
+
+    # 2. what each group plays: a train task, from scratch or improving a first attempt
+    spec = WorkerSpec(
+        model=cfg.model, env=entry.id, store=store_url, run_id=run_id, weights_dir=str((run_dir / "weights").resolve()),
+        env_args=dict(cfg.env_args), variants={"scratch": {"max_turns": 1}, "improve": {"max_turns": 2}},
+        split=cfg.split, max_turns=2, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+        max_parallel=cfg.max_parallel, seed=cfg.seed,
+    )  # fmt: skip
+    probe = agentrl.make(entry.id, split=cfg.split, **cfg.env_args)
+    panel = probe.task_ids(cfg.split)[: cfg.train_tasks or None]
+    probe.close()
+
+    def sample_task(rng: np.random.Generator) -> tuple[str, str]:
+        return str(rng.choice(panel)), "improve" if rng.random() < cfg.improve_fraction else "scratch"
+
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "store": store_url, "run_id": run_id, "updates": []}
+
+    def on_update(result: dict[str, Any]) -> None:
+        flat = {k: v for k, v in result.items() if k != "learner"}
+        logger.log(learner.step, flat)
+        summary["updates"].append(flat)
+        print(f"[{cfg.run_name}] v{result['policy_version']}: success {flat['rollout/success_rate']:.3f} "
+              f"return {flat['rollout/mean_return']:.3f} staleness {flat['async/mean_staleness']:.2f} "
+              f"waited {flat['async/wait_seconds']:.1f}s", flush=True)
+
+    # 3. the actor-learner loop; SIGTERM is turned into KeyboardInterrupt so both clean up the same way
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        driver = ActorLearner(
+            learner, store, spec, workers=cfg.workers, group_size=cfg.group_size,
+            groups_per_update=cfg.groups_per_update, sample_task=sample_task, max_staleness=cfg.max_staleness,
+            wait_timeout_s=cfg.wait_timeout_s, max_worker_restarts=cfg.max_worker_restarts,
+            worker_cpus=cfg.worker_cpus, worker_gpus=cfg.worker_gpus, seed=cfg.seed, on_update=on_update,
+        )  # fmt: skip
+        summary["failures"] = driver.run(cfg.updates)
+        # 4. save
+        if world > 1:
+            from transformers import AutoModelForCausalLM
+
+            final = AutoModelForCausalLM.from_pretrained(cfg.model)
+            final.load_state_dict(learner.full_state_dict())
+            final.save_pretrained(run_dir / "model")
+        else:
+            learner.export_pretrained(run_dir / "model")
+        tokenizer.save_pretrained(run_dir / "model")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if world > 1:
+            learner.close()  # releases the follower ranks
+            dist.destroy_process_group()
+        shutdown_ray(started_ray)
+        store.close()
+        logger.close()
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+def _jsonable_config(cfg: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
