@@ -172,5 +172,14 @@ def _register_builtins() -> None:
         extra="scienceworld",
     )
 
+    register(
+        "agentrl/ALFWorld-v0",
+        "agentrl.environments.alfworld.env:ALFWorldEnv",
+        alias="alfworld",
+        description="ALFWorld household tasks on its TextWorld/PDDL engine (valid_seen / valid_unseen panels)",
+        requires=("alfworld", "textworld"),
+        extra="alfworld",
+    )
+
 
 _register_builtins()

@@ -51,7 +51,24 @@ class ExpertAgent(ScriptedAgent):
         return action
 
 
-SCRIPTED_AGENTS: dict[str, type[ScriptedAgent]] = {cls.name: cls for cls in (RandomAgent, ExpertAgent)}
+class OracleAgent(ScriptedAgent):
+    """Follows the env's oracle (``env.oracle_action()``): a plan on the full state, where an env has one."""
+
+    name = "oracle"
+
+    def act(self, obs: str, info: dict[str, Any]) -> str:
+        oracle = getattr(self.env, "oracle_action", None)
+        if oracle is None:
+            raise ValueError(f"{type(self.env).__name__} has no oracle; use the 'expert' agent")
+        action = oracle()
+        if action is None:
+            raise ValueError(f"{type(self.env).__name__} found no plan for task {info.get('task_id')!r}")
+        return action
+
+
+SCRIPTED_AGENTS: dict[str, type[ScriptedAgent]] = {
+    cls.name: cls for cls in (RandomAgent, ExpertAgent, OracleAgent)
+}
 
 
 def make_scripted_agent(name: str) -> ScriptedAgent:

@@ -119,7 +119,7 @@ def play(
 
 def eval_cmd(
     env: EnvArg,
-    agent: Annotated[str, typer.Option(help="Scripted agent: random or expert.")] = "random",
+    agent: Annotated[str, typer.Option(help="Scripted agent (random, expert), or reflexion: --model retries with reflections.")] = "random",
     split: Annotated[str | None, typer.Option(help="Task panel to evaluate on (default: the env's eval split).")] = None,
     episodes: Annotated[int | None, typer.Option(help="Number of tasks from the start of the panel (default: all).")] = None,
     group_size: Annotated[int, typer.Option(help="Episodes per task (seeds seed..seed+G-1).")] = 1,
@@ -144,8 +144,19 @@ def eval_cmd(
     parallel: Annotated[int, typer.Option(help="Model: episodes run at once (one batched generate per turn).")] = 8,
     layout: Annotated[str, typer.Option(help="Model: token layout, concat or per_step.")] = "concat",
     history: Annotated[int | None, typer.Option(help="Model, per_step layout: turns of history in the prompt.")] = None,
+    reflector: Annotated[str | None, typer.Option(help="Reflexion: the reflector model (default: a copy of --model).")] = None,
+    trials: Annotated[int, typer.Option(help="Reflexion: trials per task; reports success@1..N.")] = 4,
+    memory_size: Annotated[int, typer.Option(help="Reflexion: reflections kept in the actor's prompt.")] = 3,
 ) -> None:
     """Evaluate an agent on a fixed task panel: success rate, progress, turns; optional JSON report."""
+    if agent == "reflexion":
+        from agentrl.cli.reflexion import reflexion_eval
+
+        reflexion_eval(env, model=model, reflector=reflector, tokenizer=tokenizer, api_key=api_key, trials=trials,
+                       memory_size=memory_size, split=split, episodes=episodes, seed=seed, max_turns=max_turns,
+                       output=output, env_arg=env_arg, store=store, max_new_tokens=max_new_tokens, temperature=temperature,
+                       top_p=top_p, parallel=parallel, layout=layout, history=history)  # fmt: skip
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from agentrl.agents import make_scripted_agent
