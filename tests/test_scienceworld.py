@@ -20,7 +20,7 @@ import agentrl  # noqa: E402
 from agentrl.environments.scienceworld.env import (  # noqa: E402
     UNPARSED_REPLY,
     ScienceWorldEnv,
-    sort_name_ties,
+    canonical_listing,
 )
 from agentrl.environments.scienceworld.panels import build_panels, load_panels, task_names  # noqa: E402
 
@@ -147,9 +147,12 @@ def test_first_observation_is_deterministic_despite_engine_tie_order(env):
     assert cups == sorted(cups) and len(cups) == 3
 
 
-def test_sort_name_ties_orders_only_same_name_lines():
-    text = "Here:\n\tthe agent\n\ta cup (red)\n\ta cup (blue)\n\ta bowl\n0:\tz\n1:\ta"
-    assert sort_name_ties(text) == "Here:\n\tthe agent\n\ta cup (blue)\n\ta cup (red)\n\ta bowl\n0:\tz\n1:\ta"
+def test_canonical_listing_sorts_listed_objects_and_keeps_menus():
+    text = "Here:\n\tthe agent\n\tan inclined plane H\n\tan inclined plane B\n\ta table. On it:\n\t\ta cup\n\ta bowl\n0:\tz\n1:\ta"
+    assert canonical_listing(text) == (
+        "Here:\n\ta bowl\n\ta table. On it:\n\t\ta cup\n\tan inclined plane B\n\tan inclined plane H\n\tthe agent\n0:\tz\n1:\ta"
+    )
+    assert canonical_listing(canonical_listing(text)) == canonical_listing(text)
 
 
 def test_reset_info_and_expert_wins_boil_after_detour(env):

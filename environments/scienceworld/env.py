@@ -19,8 +19,8 @@ resets stay cheap for agents that never ask.
 Engine quirk: objects that look alike (three wood cups of paint) get their descriptive names
 ("cup containing blue paint in art studio", "blue paint in wood cup") afresh on every call, so two
 lists of admissible actions for the same state can word those objects differently; both wordings
-are understood. Room listings of same-name objects are put in a fixed order here (the engine's
-order changes from load to load), so a task's first observation is always the same text.
+are understood. Room listings are put in a fixed (sorted) order here (the engine's order changes
+from load to load), so a task's first observation is always the same text.
 
 One JVM serves one env and is reused across resets; ``close`` ends it. If it dies mid-episode the
 episode ends as failed with ``info["engine_error"]`` saying why, and the next ``reset`` starts a
@@ -65,13 +65,13 @@ class _Episode:
     admissible: list[str] | None = None  # valid actions of the current state, when fetched
 
 
-def sort_name_ties(text: str) -> str:
-    """Order same-name objects in a listing, so the same state always reads the same.
+def canonical_listing(text: str) -> str:
+    """Put the objects of a room listing in a fixed order, so the same state always reads the same.
 
-    The engine lists a room's objects sorted by name but leaves objects of the same name (three
-    "wood cup"s with different paints) in an order that changes from load to load. Only adjacent
-    tab-indented lines that share indentation and name (the text before `` (``) are reordered;
-    numbered ambiguity menus and everything else are left as the engine wrote them.
+    The engine's order of a room's objects changes from load to load (three "wood cup"s with
+    different paints, or "inclined plane H" before "inclined plane B"). Each run of tab-indented
+    lines at one indentation is sorted, a line carrying its deeper-indented continuation lines with
+    it; numbered menus (``0:\t...``) and unindented text are left as the engine wrote them.
     """
     if "\t" not in text:
         return text
@@ -79,20 +79,30 @@ def sort_name_ties(text: str) -> str:
     out: list[str] = []
     i = 0
     while i < len(lines):
-        key = _tie_key(lines[i])
-        j = i + 1
-        while key is not None and j < len(lines) and _tie_key(lines[j]) == key:
-            j += 1
-        out.extend(sorted(lines[i:j]) if j - i > 1 else lines[i:j])
-        i = j
+        if not _listed(lines[i]):
+            out.append(lines[i])
+            i += 1
+            continue
+        indent = _indent(lines[i])
+        blocks: list[list[str]] = []
+        while i < len(lines) and _listed(lines[i]) and _indent(lines[i]) == indent:
+            j = i + 1
+            while j < len(lines) and lines[j].startswith("\t") and _indent(lines[j]) > indent:
+                j += 1
+            blocks.append(lines[i:j])
+            i = j
+        for block in sorted(blocks):
+            out.extend(block)
     return "\n".join(out)
 
 
-def _tie_key(line: str) -> tuple[int, str] | None:
-    if not line.startswith("\t"):
-        return None
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip("\t"))
+
+
+def _listed(line: str) -> bool:
     body = line.lstrip("\t")
-    return len(line) - len(body), body.split(" (", 1)[0]
+    return line.startswith("\t") and not body[:1].isdigit()
 
 
 def _ranges(values: Sequence[int]) -> str:
@@ -253,7 +263,7 @@ class ScienceWorldEnv(TextEnv):
         info = self._info(self._episode)
         info.update(instruction=instruction, variation=variation, simplification=self.simplification)
         info["admissible_actions"] = admissible
-        return f"{instruction}\n\n{sort_name_ties(look)}", info
+        return f"{instruction}\n\n{canonical_listing(look)}", info
 
     def _step(self, action: str) -> tuple[str, float, bool, dict[str, Any]]:
         from py4j.protocol import Py4JError, Py4JJavaError
@@ -300,7 +310,7 @@ class ScienceWorldEnv(TextEnv):
         info["admissible_actions"] = ep.admissible = admissible
         terminated = completed or ep.score < 0
         reward = (self._percent(ep, completed) - before) / 100  # whole percents: 0.34, not 0.3399999
-        return sort_name_ties(reply), reward, terminated, info
+        return canonical_listing(reply), reward, terminated, info
 
     def _engine_failed(self, ep: _Episode) -> tuple[str, float, bool, dict[str, Any]]:
         if self._engine is not None or ep.ended_by is None:
