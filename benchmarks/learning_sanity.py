@@ -81,7 +81,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("AGENTRL_THREADS", "2")))
-    from agentrl.recipes.textworld_grpo import Config, main as run_recipe
+    from agentrl.recipes.textworld_grpo import Config
+    from agentrl.recipes.textworld_grpo import main as run_recipe
     from agentrl.testing import tiny_model
 
     started = time.perf_counter()
