@@ -110,20 +110,19 @@ def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> None:
             base[key] = value
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
+def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[tuple[str, str, str]]:
     """``(key, default, comment)`` per field, nested dataclasses flattened with dotted keys.
 
     The comment is the ``# ...`` at the end of the field's line in the source, so the dataclass
-    itself is the documentation.
+    itself is the documentation. Nested defaults are the values the outer default holds.
     """
     comments = _field_comments(cls)
+    defaults = cls() if defaults is None else defaults
     rows: list[tuple[str, str, str]] = []
-    defaults = cls() if all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-                            for f in dataclasses.fields(cls)) else None
     for f in dataclasses.fields(cls):
-        value = getattr(defaults, f.name) if defaults is not None else None
+        value = getattr(defaults, f.name)
         if dataclasses.is_dataclass(value):
-            rows.extend(describe(type(value), prefix=f"{prefix}{f.name}."))
+            rows.extend(describe(type(value), prefix=f"{prefix}{f.name}.", defaults=value))
             continue
         rows.append((prefix + f.name, repr(value), comments.get(f.name, "")))
     return rows
