@@ -144,25 +144,14 @@ def _register_builtins() -> None:
         requires=("textworld",),
         extra="textworld",
     )
-
     register(
-        "agentrl/WebShop-v0",
-        "agentrl.environments.webshop.env:WebShopEnv",
-        alias="webshop",
-        description="WebShop's text shop (search/click, original reward); real catalog via data_dir, else a small built-in one (not the benchmark)",
-        requires=("rapidfuzz", "bm25s", "Stemmer"),
-        extra="webshop",
+        "agentrl/ALFWorld-v0",
+        "agentrl.environments.alfworld.env:ALFWorldEnv",
+        alias="alfworld",
+        description="ALFWorld household tasks on its TextWorld/PDDL engine (valid_seen / valid_unseen panels)",
+        requires=("alfworld", "textworld"),
+        extra="alfworld",
     )
-
-    register(
-        "agentrl/MLE-v0",
-        "agentrl.environments.mle.env:MLEEnv",
-        alias="mle",
-        description="ML engineering: write a program that trains a model and a submission, run in a sandbox (scikit-learn data sets; MLE-bench via mlebench_dir)",
-        requires=("sklearn", "pandas"),
-        extra="mle",
-    )
-
     register(
         "agentrl/ScienceWorld-v0",
         "agentrl.environments.scienceworld.env:ScienceWorldEnv",
@@ -171,14 +160,21 @@ def _register_builtins() -> None:
         requires=("scienceworld",),
         extra="scienceworld",
     )
-
     register(
-        "agentrl/ALFWorld-v0",
-        "agentrl.environments.alfworld.env:ALFWorldEnv",
-        alias="alfworld",
-        description="ALFWorld household tasks on its TextWorld/PDDL engine (valid_seen / valid_unseen panels)",
-        requires=("alfworld", "textworld"),
-        extra="alfworld",
+        "agentrl/WebShop-v0",
+        "agentrl.environments.webshop.env:WebShopEnv",
+        alias="webshop",
+        description="WebShop's text shop (search/click, original reward); real catalog via data_dir, else a small built-in one (not the benchmark)",
+        requires=("rapidfuzz", "bm25s", "Stemmer"),
+        extra="webshop",
+    )
+    register(
+        "agentrl/MLE-v0",
+        "agentrl.environments.mle.env:MLEEnv",
+        alias="mle",
+        description="ML engineering: write a program that trains a model and a submission, run in a sandbox (scikit-learn data sets; MLE-bench via mlebench_dir)",
+        requires=("sklearn", "pandas"),
+        extra="mle",
     )
 
 
