@@ -119,7 +119,7 @@ def play(
 
 def eval_cmd(
     env: EnvArg,
-    agent: Annotated[str, typer.Option(help="Scripted agent (random, expert), or reflexion: --model retries with reflections.")] = "random",
+    agent: Annotated[str, typer.Option(help="Scripted agent (random, expert, oracle where the env has one), or reflexion: --model retries with reflections.")] = "random",
     split: Annotated[str | None, typer.Option(help="Task panel to evaluate on (default: the env's eval split).")] = None,
     episodes: Annotated[int | None, typer.Option(help="Number of tasks from the start of the panel (default: all).")] = None,
     group_size: Annotated[int, typer.Option(help="Episodes per task (seeds seed..seed+G-1).")] = 1,
