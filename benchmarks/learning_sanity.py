@@ -16,8 +16,9 @@ are: the evaluation panel and protocol are fixed before looking at results.
 Status (first session): the loop runs end to end, but the warm-up does not yet give the tiny model a
 policy to improve: with 48 expert episodes and 25 epochs (586k parameters) the SFT loss fell to 0.07
 while greedy valid success stayed 0 (93% invalid actions): it memorises the demonstrations instead of
-learning to copy an admissible action. More demonstrations (hundreds: the train panel has 1,000
-games), a model with more layers, or the per-step layout are the next things to try.
+learning to copy an admissible action. With 200 demonstrations and 4 layers (981k parameters) greedy
+valid success reached 5% (82% invalid) after 15 epochs and was still rising: the copy skill needs data.
+More demonstrations (the train panel has 1,000 games), more layers, or the per-step layout are next.
 """
 
 from __future__ import annotations
