@@ -156,3 +156,10 @@ def _own_field_comments(cls: type) -> dict[str, str]:
             if comment:
                 out[name] = comment.lstrip("# ").strip()
     return out
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """A recipe config as plain JSON data (what a run records in the store with its episodes)."""
+    import json
+
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))

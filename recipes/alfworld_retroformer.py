@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agentrl.config import config_dict
 from agentrl.training.config import LearnerConfig, LoRAConfig
 
 
@@ -110,7 +111,7 @@ def main(cfg: Config) -> dict[str, Any]:
         return agentrl.make(entry.id, split=split, max_turns=cfg.max_turns, **cfg.env_args)
 
     store = open_store(cfg.store or f"sqlite:///{run_dir / 'store.db'}")
-    config = _jsonable_config(cfg)
+    config = config_dict(cfg)
     trial_run = store.start_run(f"{cfg.run_name}/trials", env_id=entry.id, config=config, kind="train")
     reflection_run = store.start_run(f"{cfg.run_name}/reflections", env_id=entry.id, config=config, kind="train")
     logger = MetricsLogger(run_dir)
@@ -171,6 +172,3 @@ def main(cfg: Config) -> dict[str, Any]:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
-
-def _jsonable_config(cfg: Any) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))

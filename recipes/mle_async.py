@@ -27,7 +27,6 @@ ranks (:mod:`agentrl.distributed.fsdp`): rank 0 drives the workers and broadcast
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agentrl.config import config_dict
 from agentrl.training.config import LearnerConfig
 
 
@@ -120,7 +120,7 @@ def main(cfg: Config) -> dict[str, Any]:
     entry = agentrl.registry.resolve(cfg.env)
     store_url = cfg.store or f"sqlite:///{(run_dir / 'store.db').resolve()}"
     store = open_store(store_url)
-    run_id = store.start_run(cfg.run_name, env_id=entry.id, config=_jsonable_config(cfg), kind="train")
+    run_id = store.start_run(cfg.run_name, env_id=entry.id, config=config_dict(cfg), kind="train")
     started_ray = init_ray(cfg.ray, num_cpus=None)
 
     # 2. what each group plays: a train task, from scratch or improving a first attempt
@@ -178,6 +178,3 @@ def main(cfg: Config) -> dict[str, Any]:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 
-
-def _jsonable_config(cfg: Any) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))

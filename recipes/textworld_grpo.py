@@ -16,13 +16,13 @@ evaluation), ``summary.json``, the final weights (``model/``) and the trajectory
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agentrl.config import config_dict
 from agentrl.training.config import LearnerConfig
 
 
@@ -88,7 +88,7 @@ def main(cfg: Config) -> dict[str, Any]:
         return agentrl.make(entry.id, split=split, max_turns=cfg.max_turns, **cfg.env_args)
 
     store = open_store(cfg.store or f"sqlite:///{run_dir / 'store.db'}")
-    run_id = store.start_run(cfg.run_name, env_id=entry.id, config=_jsonable_config(cfg), kind="train")
+    run_id = store.start_run(cfg.run_name, env_id=entry.id, config=config_dict(cfg), kind="train")
     logger = MetricsLogger(run_dir)
     learner = Learner(policy.model, cfg.learner, pad_token_id=policy.pad_id, logger=logger)
     train_panel = make_env(cfg.train_split).task_ids(cfg.train_split)[: cfg.train_tasks or None]
@@ -152,6 +152,3 @@ def main(cfg: Config) -> dict[str, Any]:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
-
-def _jsonable_config(cfg: Any) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
