@@ -50,6 +50,7 @@ class Config:
     max_parallel: int = 32  # live episodes at once (one batched generate per turn)
     layout: str = "concat"  # token layout: concat (whole episode) or per_step (windowed history)
     history: int | None = None  # per_step layout: turns of history in each prompt (None = all)
+    admissible_only: bool = False  # constrained decoding: sample only the admissible actions listed (HFPolicy)
     sft_episodes: int = 0  # expert demonstrations for a supervised warm-up (0 = none)
     sft_epochs: int = 3  # passes over the demonstrations
     sft_lr: float = 1e-3  # warm-up learning rate
@@ -81,7 +82,8 @@ def main(cfg: Config) -> dict[str, Any]:
 
     # 1. policy, agent, environments, store, learner
     policy = HFPolicy(cfg.model, seed=cfg.seed)
-    agent = LLMAgent(policy.tokenizer, prompt_format_for(cfg.env), layout=cfg.layout, history=cfg.history)
+    agent = LLMAgent(policy.tokenizer, prompt_format_for(cfg.env), layout=cfg.layout, history=cfg.history,
+                     admissible_only=cfg.admissible_only)
     entry = agentrl.registry.resolve(cfg.env)
 
     def make_env(split: str) -> agentrl.TextEnv:

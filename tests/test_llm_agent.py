@@ -170,3 +170,26 @@ def test_agent_needs_a_chat_template():
     tok.chat_template = None
     with pytest.raises(ValueError, match="chat template"):
         LLMAgent(tok)
+
+
+def test_admissible_only_choices_are_the_listed_actions_as_a_demonstration_tokenises_them(tokenizer):
+    from dataclasses import replace
+
+    agent = LLMAgent(tokenizer, replace(prompt_format_for("textworld"), max_admissible=5), admissible_only=True)
+    env = agentrl.make("textworld", split="valid", max_turns=4)
+    try:
+        obs, info = env.reset(options={"task": "easy/100000"})
+        state = agent.start(obs, info)
+        listed = info["admissible_actions"][:5]
+        assert agent.choices(state) == [expert_completion(tokenizer, a)[:-1] for a in listed]
+        prompt_text = tokenizer.decode(agent.prompt_ids(state))
+        assert "Admissible actions: " + ", ".join(listed) in prompt_text
+        action = agent.act(state, expert_completion(tokenizer, env.expert_action()))
+        obs, _, _, _, info = env.step(action)
+        agent.observe(state, obs, info)
+        assert agent.choices(state) == [expert_completion(tokenizer, a)[:-1] for a in info["admissible_actions"][:5]]
+    finally:
+        env.close()
+    assert LLMAgent(tokenizer, prompt_format_for("textworld")).choices(state) is None  # free decoding
+    with pytest.raises(ValueError, match="admissible_only"):
+        LLMAgent(tokenizer, prompt_format_for("mle"), admissible_only=True)  # MLE lists no actions

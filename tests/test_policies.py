@@ -169,3 +169,47 @@ def test_entropy_of_uniform_logits_is_log_vocab():
     token, logprob, entropy = _sample(logits, SamplingParams(temperature=1.0), torch.Generator().manual_seed(0))
     assert entropy.tolist() == pytest.approx([math.log(50)] * 2, abs=1e-5)
     assert logprob.tolist() == pytest.approx([-math.log(50)] * 2, abs=1e-5)
+
+
+# -- constrained decoding (choices) ---------------------------------------------------------------
+
+
+def test_choices_restrict_completions_and_keep_the_models_own_logprobs(policy, prompts):
+    """Every completion is one of its prompt's choices; recorded log-probs are the unconstrained model's."""
+    vocab = policy.tokenizer
+    options = [vocab(f"<action>{a}</action>", add_special_tokens=False)["input_ids"] for a in ("open fridge", "go east", "take apple from fridge")]
+    choices = [options, options[:1], None]
+    sampling = SamplingParams(max_new_tokens=20, temperature=1.0, seed=4, return_entropies=True, stop_token_ids=())
+    for _ in range(3):
+        completions = policy.generate(prompts, sampling, choices=choices)
+        assert completions[0].token_ids in options and completions[0].finish_reason == "stop"
+        assert completions[1].token_ids == options[0]
+        assert completions[2].token_ids not in options and len(completions[2].token_ids) == 20  # unconstrained
+        for prompt, completion in zip(prompts, completions, strict=True):
+            chosen, entropy, _ = reference_logprobs(policy.model, prompt, completion.token_ids)
+            assert completion.logprobs == pytest.approx(chosen.tolist(), abs=1e-4)
+            assert completion.entropies == pytest.approx(entropy.tolist(), abs=1e-4)
+        sampling = SamplingParams(max_new_tokens=20, temperature=1.0, seed=sampling.seed + 1, return_entropies=True, stop_token_ids=())
+
+
+def test_choice_frequencies_follow_the_models_renormalised_probabilities(policy, prompts):
+    """Two single-token choices a, b: a is drawn with probability p(a) / (p(a) + p(b)) (binomial, 4 sigma)."""
+    _, _, logits = reference_logprobs(policy.model, prompts[1], [0])
+    p = torch.softmax(logits[0], -1)
+    a, b = torch.topk(p, 5).indices[[0, 4]].tolist()  # a likely and a less likely token
+    expected = (p[a] / (p[a] + p[b])).item()
+    n = 2000
+    completions = policy.generate([prompts[1]] * n, SamplingParams(max_new_tokens=3, seed=11, stop_token_ids=()), choices=[[[a], [b]]] * n)
+    assert {tuple(c.token_ids) for c in completions} <= {(a,), (b,)}
+    share = sum(c.token_ids == [a] for c in completions) / n
+    assert abs(share - expected) <= 4 * math.sqrt(expected * (1 - expected) / n)
+
+
+def test_greedy_with_choices_takes_the_most_likely_allowed_token(policy, prompts):
+    _, _, logits = reference_logprobs(policy.model, prompts[0], [0])
+    ranked = torch.argsort(logits[0], descending=True).tolist()
+    allowed = [[ranked[7]], [ranked[3]], [ranked[20]]]  # not the overall argmax
+    (completion,) = policy.generate([prompts[0]], SamplingParams(max_new_tokens=4, temperature=0.0), choices=[allowed])
+    assert completion.token_ids == [ranked[3]] and completion.finish_reason == "stop"
+    with pytest.raises(ValueError, match="one entry per prompt"):
+        policy.generate(prompts, SamplingParams(), choices=[allowed])

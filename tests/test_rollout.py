@@ -192,3 +192,21 @@ def test_env_failure_is_recorded_and_the_run_goes_on(hf_policy):
     by_task = {ep.task_id: ep for ep in episodes}
     assert "unknown TextWorld task" in by_task["no-such-task"].error and by_task["no-such-task"].turns == 0
     assert by_task["easy/100000"].error is None and by_task["easy/100000"].turns == 2
+
+
+def test_admissible_only_agents_play_only_listed_actions(hf_policy):
+    """Constrained decoding: an untrained model's every action is admissible, sampled as the listed ids."""
+    tokenizer = hf_policy.tokenizer
+    agent = LLMAgent(tokenizer, prompt_format_for("textworld"), layout="per_step", admissible_only=True)
+    sampling = SamplingParams(max_new_tokens=24, temperature=1.0, stop=(ACTION_STOP,), return_entropies=True)
+    with Collector(make_env(3), hf_policy, agent, env_id=ENV_ID, sampling=sampling, split="valid") as collector:
+        episodes = collector.run(TASKS, group_size=2, seed=1)
+    assert len(episodes) == 4
+    for ep in episodes:
+        shown = ep.meta["reset_info"]["admissible_actions"]
+        for step in ep.steps:
+            assert step.action in shown and not step.info["invalid_action"] and not step.info.get("parse_error")
+            assert step.response_ids == tokenizer(f"<action>{step.action}</action>", add_special_tokens=False)["input_ids"]
+            shown = step.info["admissible_actions"]
+    with pytest.raises(ValueError, match="no constrained decoding"):
+        Collector(make_env(3), RecordingPolicy(hf_policy), agent, env_id=ENV_ID, sampling=sampling)

@@ -17,6 +17,12 @@ switches that episode to the **per-step** layout: each turn's prompt is the temp
 over a window of the last ``history`` turns, tokenised once, and recorded verbatim as the prompt the
 policy saw. ``episode.meta["layout"]`` says which layout an episode has and why.
 
+Constrained decoding (``admissible_only=True``): the agent also gives, per turn, the admissible
+actions shown in the prompt as token ids of ``<action>A</action>`` (:meth:`LLMAgent.choices`), and a
+policy that supports it (:class:`~agentrl.policies.HFPolicy`) samples only among them. A small model
+then learns which action to take without first having to learn to spell one; the ids it samples are
+still the ids trained on.
+
 Action format: the model answers with ``<action>COMMAND</action>`` (reasoning before it is allowed).
 Output without a complete, non-empty action tag is sent to the env as an empty action, which every
 env answers with ``invalid_action=True``; the agent tells the model what went wrong on the next turn.
@@ -106,6 +112,7 @@ class AgentEpisode:
     prompt_ids: list[int] | None = None  # concat: the running sequence the policy sees next
     prompt_text: str = ""  # concat: the template text that prompt_ids stand for
     last_parse_ok: bool = True
+    admissible: list[str] | None = None  # the admissible actions shown in the current prompt
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -114,7 +121,8 @@ class LLMAgent:
 
     ``layout``: ``"concat"`` (default; full history, exact prefix property) or ``"per_step"``
     (each prompt rendered afresh over the last ``history`` turns, as in verl-agent). ``history`` is
-    only used by the per-step layout (``None`` = all turns).
+    only used by the per-step layout (``None`` = all turns). ``admissible_only`` restricts decoding to
+    the admissible actions listed in the prompt (see :meth:`choices`).
     """
 
     def __init__(
@@ -124,6 +132,7 @@ class LLMAgent:
         *,
         layout: Layout = "concat",
         history: int | None = None,
+        admissible_only: bool = False,
     ):
         if layout not in ("concat", "per_step"):
             raise ValueError(f"unknown layout {layout!r}; choose concat or per_step")
@@ -132,6 +141,9 @@ class LLMAgent:
         self.tokenizer = tokenizer
         self.format = prompt_format
         self.history = history
+        self.admissible_only = admissible_only
+        if admissible_only and (tokenizer is None or not prompt_format.list_admissible):
+            raise ValueError("admissible_only needs a tokenizer and a prompt format that lists the admissible actions")
         # Without a tokenizer the agent only builds chat messages (for text-only chat endpoints).
         self.rewrites_history = template_rewrites_history(tokenizer) if tokenizer is not None else False
         self.layout: Layout = "per_step" if self.rewrites_history or tokenizer is None else layout
@@ -147,7 +159,7 @@ class LLMAgent:
         """Begin an episode from the env's first observation and info."""
         instruction = info.get("instruction")
         first = self._user_text(obs, info, instruction=instruction)
-        episode = AgentEpisode(instruction, [Turn(first)], self.layout, self.layout_reason)
+        episode = AgentEpisode(instruction, [Turn(first)], self.layout, self.layout_reason, admissible=self._shown(info))
         if episode.layout == "concat":
             episode.prompt_text = self._render(episode.turns)
             episode.prompt_ids = self._encode(episode.prompt_text)
@@ -168,6 +180,17 @@ class LLMAgent:
         instruction = episode.instruction if window[0] is not episode.turns[0] else None
         return self._messages(window, instruction)
 
+    def choices(self, episode: AgentEpisode) -> list[list[int]] | None:
+        """With ``admissible_only``: the token ids of ``<action>A</action>`` for each admissible action shown.
+
+        ``None`` (decode freely) without ``admissible_only`` or when the env listed no actions. The ids
+        are those the tokenizer gives the whole string, as in a demonstration, so a constrained sample
+        and an expert's turn are the same ids for the same action.
+        """
+        if not self.admissible_only or not episode.admissible:
+            return None
+        return [self._encode(f"<action>{action}</action>") for action in episode.admissible]
+
     def act(self, episode: AgentEpisode, response_ids: list[int] | None, text: str | None = None) -> str:
         """Record a sampled completion and return the env action (``""`` when unparseable)."""
         if response_ids is not None and self.tokenizer is not None:
@@ -185,6 +208,7 @@ class LLMAgent:
         user = self._user_text(obs, info, reminder=not episode.last_parse_ok)
         response_ids = episode.meta.pop("_last_response_ids", None)
         episode.turns.append(Turn(user))
+        episode.admissible = self._shown(info)
         if episode.layout != "concat":
             return
         assert episode.prompt_ids is not None
@@ -219,11 +243,17 @@ class LLMAgent:
         if instruction:
             parts.append(f"Task: {instruction}")
         parts.append(f"{FORMAT_REMINDER}\n{obs}" if reminder else obs)
-        admissible = info.get("admissible_actions")
-        if self.format.list_admissible and admissible:
-            shown = list(admissible)[: self.format.max_admissible]
+        shown = self._shown(info)
+        if shown:
             parts.append("Admissible actions: " + ", ".join(shown))
         return "\n\n".join(p for p in parts if p)
+
+    def _shown(self, info: dict[str, Any]) -> list[str] | None:
+        """The admissible actions the prompt lists (at most ``max_admissible``), or ``None``."""
+        admissible = info.get("admissible_actions")
+        if not (self.format.list_admissible and admissible):
+            return None
+        return list(admissible)[: self.format.max_admissible]
 
     def _messages(self, turns: list[Turn], instruction: str | None = None) -> list[dict[str, str]]:
         messages = [{"role": "system", "content": self.format.system}]

@@ -11,6 +11,12 @@ computed once, on the device, while sampling; ``generate(output_logits=True)`` w
   forward in ``torch.compile`` (fixed shapes make that pay off); a ``DynamicCache`` on the CPU;
 * per token only one small device-to-host copy (the sampled ids), needed anyway for stop strings.
 
+Constrained decoding: ``generate(..., choices=...)`` gives each prompt a list of allowed
+completions (token-id sequences); the row then samples only tokens that keep its completion a prefix
+of one of them and stops when it equals one. The recorded log-probs and entropies stay those of the
+model's own (unconstrained) distribution, the one a learner recomputes, so importance ratios still
+start at 1; only the choice of token is restricted.
+
 Seeding: a ``torch.Generator`` per call when ``SamplingParams.seed`` is set (same seed, same
 prompts, same batch => same completions), else the policy's own running generator.
 """
@@ -89,28 +95,42 @@ class HFPolicy:
 
     # -- generation -----------------------------------------------------------------------------
 
-    def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
-        """One completion per prompt (see :class:`~agentrl.policies.base.Policy`)."""
+    supports_choices = True  # generate() takes ``choices`` (constrained decoding)
+
+    def generate(
+        self, prompts: list[list[int]], sampling: SamplingParams, *, choices: list[list[list[int]] | None] | None = None
+    ) -> list[Completion]:
+        """One completion per prompt (see :class:`~agentrl.policies.base.Policy`).
+
+        ``choices[i]``, when given and not empty, lists the completions prompt ``i`` may produce
+        (token-id sequences, none a prefix of another): decoding is restricted to them (see the
+        module docstring). ``None`` or an empty list leaves that prompt unconstrained.
+        """
         import torch
 
         if not prompts:
             return []
         if any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
+        if choices is not None and len(choices) != len(prompts):
+            raise ValueError(f"choices must have one entry per prompt: {len(choices)} for {len(prompts)} prompts")
         generator = self._generator
         if sampling.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(int(sampling.seed))
         chunk = self.max_batch_size or len(prompts)
         out: list[Completion] = []
         for start in range(0, len(prompts), chunk):
-            out.extend(self._generate_batch(prompts[start : start + chunk], sampling, generator))
+            constraint = ChoiceConstraint(choices[start : start + chunk]) if choices is not None else None
+            out.extend(self._generate_batch(prompts[start : start + chunk], sampling, generator, constraint))
         return out
 
     @property
     def max_context(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
 
-    def _generate_batch(self, prompts: list[list[int]], sampling: SamplingParams, generator) -> list[Completion]:
+    def _generate_batch(
+        self, prompts: list[list[int]], sampling: SamplingParams, generator, constraint: ChoiceConstraint | None = None
+    ) -> list[Completion]:
         import torch
 
         batch, width = len(prompts), max(len(p) for p in prompts)
@@ -151,7 +171,8 @@ class HFPolicy:
             ).logits[:, -1]
             last_pos = positions[:, -1]
             for step in range(max_new):
-                token, token_logprob, entropy = _sample(logits, sampling, generator)
+                allowed = constraint.mask(host_sampled, host_done, logits.shape[-1], self.device) if constraint else None
+                token, token_logprob, entropy = _sample(logits, sampling, generator, allowed)
                 token = torch.where(done, torch.full_like(token, self.pad_id), token)
                 logprobs[:, step] = token_logprob
                 entropies[:, step] = entropy
@@ -167,6 +188,9 @@ class HFPolicy:
                     host_sampled[row].append(host_tokens[row])
                     if host_eos[row]:
                         host_done[row], reasons[row] = True, "stop"
+                    elif constraint is not None and constraint.complete(row, host_sampled[row]):
+                        host_done[row], reasons[row] = True, "stop"
+                        done[row] = True
                     elif stop_strings and host_maybe[row]:
                         tail = host_sampled[row][-tail_tokens:]
                         if any(s in self.tokenizer.decode(tail) for s in stop_strings):
@@ -238,10 +262,46 @@ class HFPolicy:
         return tuple(ids)
 
 
-def _sample(logits, sampling: SamplingParams, generator):
+class ChoiceConstraint:
+    """Per-row allowed completions for constrained decoding: which tokens may come next, and when a row is done.
+
+    A row with ``None`` or no choices is unconstrained. Choices should be prefix-free: a row stops
+    as soon as its sampled ids equal one of them.
+    """
+
+    def __init__(self, choices: list[list[list[int]] | None]):
+        self.choices = [[list(c) for c in row if c] or None for row in (r or [] for r in choices)]
+
+    def allowed(self, row: int, prefix: list[int]) -> list[int] | None:
+        """Token ids that keep ``prefix`` on the way to one of the row's choices (``None``: any)."""
+        options = self.choices[row]
+        if options is None:
+            return None
+        n = len(prefix)
+        return sorted({c[n] for c in options if len(c) > n and c[:n] == prefix}) or None
+
+    def complete(self, row: int, prefix: list[int]) -> bool:
+        options = self.choices[row]
+        return options is not None and any(c == prefix for c in options)
+
+    def mask(self, prefixes: list[list[int]], finished: list[bool], vocab: int, device):
+        """``[B, V]`` bool: True where a token may be sampled (all True for unconstrained or finished rows)."""
+        import torch
+
+        mask = torch.ones((len(prefixes), vocab), dtype=torch.bool)
+        for row, prefix in enumerate(prefixes):
+            ids = None if finished[row] else self.allowed(row, prefix)
+            if ids is not None:
+                mask[row] = False
+                mask[row, ids] = True
+        return mask.to(device)
+
+
+def _sample(logits, sampling: SamplingParams, generator, allowed=None):
     """Sample one token per row. Returns ``(token [B], logprob [B], entropy [B])``.
 
-    logprob/entropy are of ``softmax(logits / T)`` before truncation (T = 1 when greedy).
+    logprob/entropy are of ``softmax(logits / T)`` before truncation (T = 1 when greedy), also when
+    ``allowed`` (a ``[B, V]`` bool mask) restricts which tokens may be drawn.
     """
     import torch
 
@@ -249,10 +309,11 @@ def _sample(logits, sampling: SamplingParams, generator):
     temperature = sampling.temperature if sampling.temperature > 0 else 1.0
     logp = torch.log_softmax(logits / temperature, dim=-1)  # [B, V]
     entropy = -(logp.exp() * logp).sum(-1)  # [B]
+    pick = logp if allowed is None else torch.log_softmax(logp.masked_fill(~allowed, float("-inf")), dim=-1)
     if sampling.temperature == 0:
-        token = logp.argmax(-1)
+        token = pick.argmax(-1)
     else:
-        filtered = logp
+        filtered = pick
         if sampling.top_k:
             kth = torch.topk(filtered, min(sampling.top_k, filtered.shape[-1]), dim=-1).values[:, -1:]
             filtered = filtered.masked_fill(filtered < kth, float("-inf"))

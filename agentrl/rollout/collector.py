@@ -81,6 +81,11 @@ class Collector:
         self.split = split
         self.on_episode = on_episode
         self.parallel_reset = parallel_reset
+        if getattr(agent, "admissible_only", False) and not getattr(policy, "supports_choices", False):
+            raise ValueError(
+                f"the agent decodes admissible actions only, but {type(policy).__name__} has no constrained decoding "
+                "(use HFPolicy, or an agent without admissible_only)"
+            )
         self._envs: list[TextEnv] = []
         self.stats = {"generate_calls": 0, "generate_seconds": 0.0, "env_seconds": 0.0, "tokens_generated": 0}
 
@@ -136,6 +141,9 @@ class Collector:
                 start = time.perf_counter()
                 if chat:
                     completions = self.policy.generate_messages(prompts, self.sampling)
+                elif getattr(self.agent, "admissible_only", False):
+                    choices = [self.agent.choices(item.state) for item in live]
+                    completions = self.policy.generate(prompts, self.sampling, choices=choices)
                 else:
                     completions = self.policy.generate(prompts, self.sampling)
                 gen_seconds = time.perf_counter() - start
