@@ -8,7 +8,8 @@ papers' defaults). Read it top to bottom:
 3. per iteration: draw ``tasks_per_iteration`` train tasks, play ``group_size`` episodes of each
    with the current weights (one batched generate per turn), write them to the store, and give
    them to the learner (advantages + PPO-clip update, EMPG/EPO when configured);
-4. every ``eval_every`` iterations, greedy evaluation on the first ``eval_tasks`` of the eval panel.
+4. every ``eval_every`` iterations, evaluation on the first ``eval_tasks`` of the eval panel (greedy,
+   or ``eval_samples`` sampled episodes per task at ``eval_temperature``).
 
 Everything lands in ``output_dir/run_name``: ``metrics.jsonl`` (one line per optimizer step and per
 evaluation), ``summary.json``, the final weights (``model/``) and the trajectory store.
@@ -41,7 +42,10 @@ class Config:
     train_tasks: int = 0  # draw from the first N tasks of the train panel only (0 = all of it)
     eval_split: str = "valid"  # evaluation panel
     eval_tasks: int = 50  # evaluate on the first N tasks of the eval panel (0 = no evaluation)
-    eval_every: int = 5  # evaluate every N iterations (and before the first and after the last)
+    eval_every: int = 5  # evaluate every N iterations (and after the last)
+    eval_before: bool = True  # also evaluate before the first iteration
+    eval_temperature: float = 0.0  # evaluation sampling temperature (0 = greedy)
+    eval_samples: int = 1  # episodes per evaluation task (seeds 0..N-1; more than 1 only makes sense with sampling)
     iterations: int = 20  # RL iterations (each is one learner update)
     tasks_per_iteration: int = 8  # distinct train tasks per iteration
     group_size: int = 8  # episodes per task (GRPO group)
@@ -96,7 +100,7 @@ def main(cfg: Config) -> dict[str, Any]:
     train_panel = make_env(cfg.train_split).task_ids(cfg.train_split)[: cfg.train_tasks or None]
     sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                               stop=("</action>",), return_entropies=True)
-    greedy = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0.0, stop=("</action>",))
+    eval_sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.eval_temperature, stop=("</action>",))
     summary: dict[str, Any] = {"run_dir": str(run_dir), "evaluations": []}
 
     def evaluate(iteration: int) -> None:
@@ -106,7 +110,8 @@ def main(cfg: Config) -> dict[str, Any]:
         panel = env.task_ids(cfg.eval_split)[: cfg.eval_tasks]
         env.close()
         report, _ = evaluate_model(lambda: make_env(cfg.eval_split), policy, agent, env_id=entry.id,
-                                   split=cfg.eval_split, panel=panel, sampling=greedy, max_parallel=cfg.max_parallel)
+                                   split=cfg.eval_split, panel=panel, sampling=eval_sampling, group_size=cfg.eval_samples,
+                                   max_parallel=cfg.max_parallel)
         result = {"iteration": iteration, "policy_version": learner.step, **report.summary()}
         summary["evaluations"].append(result)
         logger.log(learner.step, {"eval/success_rate": result["success_rate"], "eval/mean_progress": result["mean_progress"],
@@ -126,7 +131,8 @@ def main(cfg: Config) -> dict[str, Any]:
         summary["sft"] = {"demonstrations": len(demos), "first_loss": history[0]["loss"], "last_loss": history[-1]["loss"]}
 
     # 3. collect -> store -> update
-    evaluate(0)
+    if cfg.eval_before or cfg.iterations == 0:
+        evaluate(0)
     with Collector(lambda: make_env(cfg.train_split), policy, agent, env_id=entry.id, sampling=sampling,
                    max_parallel=cfg.max_parallel, split=cfg.train_split) as collector:
         for iteration in range(1, cfg.iterations + 1):

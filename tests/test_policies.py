@@ -185,6 +185,11 @@ def test_choices_restrict_completions_and_keep_the_models_own_logprobs(policy, p
         assert completions[0].token_ids in options and completions[0].finish_reason == "stop"
         assert completions[1].token_ids == options[0]
         assert completions[2].token_ids not in options and len(completions[2].token_ids) == 20  # unconstrained
+        # loss mask: 0 exactly where the options left one possible next token (the <action> tag, the single option)
+        for completion, row in zip(completions, choices, strict=True):
+            expected = [int(len({o[i] for o in (row or []) if o[:i] == completion.token_ids[:i]}) != 1) for i in range(len(completion.token_ids))]
+            assert completion.loss_mask == expected
+        assert 0 < sum(completions[0].loss_mask) < len(completions[0].loss_mask) and sum(completions[1].loss_mask) == 0
         for prompt, completion in zip(prompts, completions, strict=True):
             chosen, entropy, _ = reference_logprobs(policy.model, prompt, completion.token_ids)
             assert completion.logprobs == pytest.approx(chosen.tolist(), abs=1e-4)
@@ -211,5 +216,8 @@ def test_greedy_with_choices_takes_the_most_likely_allowed_token(policy, prompts
     allowed = [[ranked[7]], [ranked[3]], [ranked[20]]]  # not the overall argmax
     (completion,) = policy.generate([prompts[0]], SamplingParams(max_new_tokens=4, temperature=0.0), choices=[allowed])
     assert completion.token_ids == [ranked[3]] and completion.finish_reason == "stop"
+    long = allowed[0] * 6  # 6 tokens: cannot end within a budget of 4
+    for completion in policy.generate([prompts[0]] * 8, SamplingParams(max_new_tokens=4), choices=[[long, allowed[2]]] * 8):
+        assert completion.token_ids == allowed[2]
     with pytest.raises(ValueError, match="one entry per prompt"):
         policy.generate(prompts, SamplingParams(), choices=[allowed])

@@ -221,6 +221,20 @@ def test_eval_model_errors_are_one_line(tmp_path):
     assert down.returncode == 2 and "cannot connect" in down.stderr and "Traceback" not in down.stderr
 
 
+def test_eval_admissible_only_plays_listed_actions_only(tiny_chat_model, tmp_path, server):
+    """`agentrl eval --model DIR --admissible-only`: an untrained model makes no invalid move; a URL model cannot."""
+    remote = run_cli("eval", "textworld", "--model", server.url, "--api-key", "sekrit", "--tokenizer", tiny_chat_model,
+                     "--admissible-only", "--episodes", "1")  # fmt: skip
+    assert remote.returncode == 2 and "no constrained decoding" in remote.stderr and "Traceback" not in remote.stderr
+    report = tmp_path / "report.json"
+    done = run_cli("eval", "textworld", "--model", tiny_chat_model, "--admissible-only", "--layout", "per_step",
+                   "--episodes", "2", "--max-turns", "3", "--max-new-tokens", "32", "--output", str(report))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    data = json.loads(report.read_text())
+    actions = [a for ep in data["episodes"] for a in ep["actions"]]
+    assert len(actions) >= 2 and all(actions) and data["summary"]["invalid_action_rate"] == 0.0
+
+
 def test_collector_with_a_chat_endpoint_records_text_only_steps(server):
     """No local tokenizer: the agent sends chat messages; steps keep text and no token ids to train on."""
     pytest.importorskip("textworld")

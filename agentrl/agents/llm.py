@@ -21,7 +21,7 @@ Constrained decoding (``admissible_only=True``): the agent also gives, per turn,
 actions shown in the prompt as token ids of ``<action>A</action>`` (:meth:`LLMAgent.choices`), and a
 policy that supports it (:class:`~agentrl.policies.HFPolicy`) samples only among them. A small model
 then learns which action to take without first having to learn to spell one; the ids it samples are
-still the ids trained on.
+still the ids trained on (tokens the constraint forced get loss mask 0).
 
 Action format: the model answers with ``<action>COMMAND</action>`` (reasoning before it is allowed).
 Output without a complete, non-empty action tag is sent to the env as an empty action, which every

@@ -144,6 +144,9 @@ def eval_cmd(
     parallel: Annotated[int, typer.Option(help="Model: episodes run at once (one batched generate per turn).")] = 8,
     layout: Annotated[str, typer.Option(help="Model: token layout, concat or per_step.")] = "concat",
     history: Annotated[int | None, typer.Option(help="Model, per_step layout: turns of history in the prompt.")] = None,
+    admissible_only: Annotated[
+        bool, typer.Option(help="Model: decode only the admissible actions listed in the prompt (local HF models).")
+    ] = False,
     reflector: Annotated[str | None, typer.Option(help="Reflexion: the reflector model (default: a copy of --model).")] = None,
     trials: Annotated[int, typer.Option(help="Reflexion: trials per task; reports success@1..N.")] = 4,
     memory_size: Annotated[int, typer.Option(help="Reflexion: reflections kept in the actor's prompt.")] = 3,
@@ -199,7 +202,7 @@ def eval_cmd(
                     entry.id, instance, policy, model_tokenizer, split=split, episodes=episodes,
                     group_size=group_size, seed=seed, env_kwargs=env_kwargs, max_new_tokens=max_new_tokens,
                     temperature=temperature, top_p=top_p, parallel=parallel, layout=layout, history=history,
-                    on_episode=lambda ep: (recorder.record(ep) if recorder else None, bar.advance(job)),
+                    admissible_only=admissible_only, on_episode=lambda ep: (recorder.record(ep) if recorder else None, bar.advance(job)),
                 )  # fmt: skip
             else:
                 report = evaluate(

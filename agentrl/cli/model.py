@@ -39,6 +39,7 @@ def run_model_eval(
     layout: str,
     history: int | None,
     on_episode: Callable[[Any], Any],
+    admissible_only: bool = False,
 ):
     """Evaluate ``policy`` on the panel through the collector; returns ``(EvalReport, model details)``."""
     import agentrl
@@ -50,9 +51,12 @@ def run_model_eval(
     panel = panel[:episodes] if episodes is not None else panel
     try:
         sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=(ACTION_STOP,))
-        agent = LLMAgent(tokenizer, prompt_format_for(env_id), layout=layout, history=history)  # type: ignore[arg-type]
+        agent = LLMAgent(tokenizer, prompt_format_for(env_id), layout=layout, history=history,  # type: ignore[arg-type]
+                         admissible_only=admissible_only)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    if admissible_only and not getattr(policy, "supports_choices", False):
+        raise UserError(f"--admissible-only needs a local Hugging Face model; {type(policy).__name__} has no constrained decoding")
     spare = [instance]  # the CLI's own instance is the first env; more are made as needed
 
     def env_fn():

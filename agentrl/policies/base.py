@@ -52,6 +52,8 @@ class Completion:
 
     ``token_ids`` are the sampled ids verbatim (including a sampled end-of-turn token or the tokens
     of a stop string); ``logprobs[i]`` is the behaviour log-probability of ``token_ids[i]``.
+    ``loss_mask[i]`` is 0 where constrained decoding left only one possible token (the constrained
+    policy had no choice there, so the token carries no policy gradient), else 1; ``None`` = all 1.
     ``text`` is the decoded completion when the backend has it (a chat endpoint that returns no ids
     has only ``text``, and ``token_ids`` is then ``None``: such completions are for evaluation only).
     """
@@ -62,6 +64,7 @@ class Completion:
     entropies: list[float] | None = None
     text: str | None = None
     meta: dict = field(default_factory=dict)
+    loss_mask: list[int] | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -15,7 +15,10 @@ Constrained decoding: ``generate(..., choices=...)`` gives each prompt a list of
 completions (token-id sequences); the row then samples only tokens that keep its completion a prefix
 of one of them and stops when it equals one. The recorded log-probs and entropies stay those of the
 model's own (unconstrained) distribution, the one a learner recomputes, so importance ratios still
-start at 1; only the choice of token is restricted.
+start at 1; only the choice of token is restricted. A token that was the only one allowed gets
+``loss_mask`` 0: the constrained policy took it with probability 1, so it has no policy gradient
+(pushing its unconstrained probability up or down would only move mass onto tokens that can never
+be sampled).
 
 Seeding: a ``torch.Generator`` per call when ``SamplingParams.seed`` is set (same seed, same
 prompts, same batch => same completions), else the policy's own running generator.
@@ -120,7 +123,9 @@ class HFPolicy:
         chunk = self.max_batch_size or len(prompts)
         out: list[Completion] = []
         for start in range(0, len(prompts), chunk):
-            constraint = ChoiceConstraint(choices[start : start + chunk]) if choices is not None else None
+            constraint = None
+            if choices is not None:
+                constraint = ChoiceConstraint(choices[start : start + chunk], max_tokens=sampling.max_new_tokens)
             out.extend(self._generate_batch(prompts[start : start + chunk], sampling, generator, constraint))
         return out
 
@@ -163,6 +168,7 @@ class HFPolicy:
         tail_tokens = max((len(s) for s in stop_strings), default=0) + 4
         candidates = self._stop_candidates(stop_strings)
         host_sampled: list[list[int]] = [[] for _ in range(batch)]
+        host_free: list[list[int]] = [[] for _ in range(batch)]  # constrained decoding: 1 = the token was a choice
 
         with torch.inference_mode():
             logits = self.model(
@@ -171,7 +177,13 @@ class HFPolicy:
             ).logits[:, -1]
             last_pos = positions[:, -1]
             for step in range(max_new):
-                allowed = constraint.mask(host_sampled, host_done, logits.shape[-1], self.device) if constraint else None
+                allowed = None
+                if constraint is not None:
+                    allowed = constraint.mask(host_sampled, host_done, logits.shape[-1])
+                    for row, free in enumerate((allowed.sum(-1) > 1).tolist()):
+                        if not host_done[row]:
+                            host_free[row].append(int(free))
+                    allowed = allowed.to(self.device)
                 token, token_logprob, entropy = _sample(logits, sampling, generator, allowed)
                 token = torch.where(done, torch.full_like(token, self.pad_id), token)
                 logprobs[:, step] = token_logprob
@@ -215,6 +227,7 @@ class HFPolicy:
                 logprobs=logprob_host[row][: lengths[row]],
                 finish_reason=reasons[row],  # type: ignore[arg-type]
                 entropies=entropy_host[row][: lengths[row]] if entropy_host is not None else None,
+                loss_mask=host_free[row][: lengths[row]] if constraint is not None else None,
             )
             for row in range(batch)
         ]
@@ -266,11 +279,17 @@ class ChoiceConstraint:
     """Per-row allowed completions for constrained decoding: which tokens may come next, and when a row is done.
 
     A row with ``None`` or no choices is unconstrained. Choices should be prefix-free: a row stops
-    as soon as its sampled ids equal one of them.
+    as soon as its sampled ids equal one of them. Choices longer than ``max_tokens`` (the generation
+    budget) are left out, since they could only end truncated; a row whose choices are all too long
+    keeps them all.
     """
 
-    def __init__(self, choices: list[list[list[int]] | None]):
-        self.choices = [[list(c) for c in row if c] or None for row in (r or [] for r in choices)]
+    def __init__(self, choices: list[list[list[int]] | None], max_tokens: int | None = None):
+        self.choices = []
+        for row in choices:
+            options = [list(c) for c in row or [] if c]
+            fitting = [c for c in options if max_tokens is None or len(c) <= max_tokens]
+            self.choices.append(fitting or options or None)
 
     def allowed(self, row: int, prefix: list[int]) -> list[int] | None:
         """Token ids that keep ``prefix`` on the way to one of the row's choices (``None``: any)."""
@@ -284,8 +303,8 @@ class ChoiceConstraint:
         options = self.choices[row]
         return options is not None and any(c == prefix for c in options)
 
-    def mask(self, prefixes: list[list[int]], finished: list[bool], vocab: int, device):
-        """``[B, V]`` bool: True where a token may be sampled (all True for unconstrained or finished rows)."""
+    def mask(self, prefixes: list[list[int]], finished: list[bool], vocab: int):
+        """``[B, V]`` bool on the CPU: True where a token may be sampled (all True for unconstrained or finished rows)."""
         import torch
 
         mask = torch.ones((len(prefixes), vocab), dtype=torch.bool)
@@ -294,7 +313,7 @@ class ChoiceConstraint:
             if ids is not None:
                 mask[row] = False
                 mask[row, ids] = True
-        return mask.to(device)
+        return mask
 
 
 def _sample(logits, sampling: SamplingParams, generator, allowed=None):

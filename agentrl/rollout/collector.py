@@ -237,7 +237,7 @@ class Collector:
                 generation_seconds=gen_seconds,
                 prompt_ids=list(prompt) if ids is not None else None,
                 response_ids=list(ids) if ids is not None else None,
-                loss_mask=[1] * len(ids) if ids is not None else None,
+                loss_mask=(list(completion.loss_mask or [1] * len(ids))) if ids is not None else None,
                 logprobs=list(completion.logprobs) if ids is not None and completion.logprobs is not None else None,
                 entropies=list(completion.entropies) if ids is not None and completion.entropies is not None else None,
                 policy_version=version,
