@@ -6,6 +6,8 @@ turns user mistakes into one clear line plus a hint instead of a traceback.
 
 from __future__ import annotations
 
+import faulthandler
+import signal
 import sys
 
 import typer
@@ -35,6 +37,8 @@ def main() -> None:
     """Console entry point: run the app, report user errors on one line, exit non-zero."""
     import agentrl
 
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack: what a stuck run is doing
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     expected = (UserError, agentrl.UnknownEnvError, agentrl.MissingDependencyError, ValueError, FileNotFoundError)
     try:
         code = app(standalone_mode=False)  # a typer.Exit(code) inside a command is returned, not raised
