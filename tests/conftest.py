@@ -54,6 +54,18 @@ def store_url(request, tmp_path):
     drop_database(admin, url)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module: on two shared cores it avoids oversubscription stalls
+    (results do not depend on it). Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # --- Tiny local chat model (agentrl.testing) for policy, agent and rollout tests ------------------
 TINY_MODEL_TEXTS = [
     "-= Kitchen =- You've entered a kitchen. You see a closed fridge and a table. There is an exit to the north.",

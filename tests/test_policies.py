@@ -14,13 +14,7 @@ from agentrl.policies.hf import HFPolicy  # noqa: E402
 PROMPTS_TEXT = ["You see a fridge.", "Your task is to take the apple from the fridge and put it on the table.", "go"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: one intra-op thread avoids oversubscription stalls (results do not depend on it)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -28,12 +28,7 @@ from agentrl.policies.server import PolicyServer  # noqa: E402
 CLI = [sys.executable, "-c", "from agentrl.cli import main; main()"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

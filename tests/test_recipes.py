@@ -10,12 +10,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("textworld")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_textworld_recipe_runs_warm_up_rl_and_sampled_evaluation(tiny_chat_model, tmp_path):

@@ -23,12 +23,7 @@ ENV_ID = "agentrl/TextWorld-v0"
 TASKS = ["easy/100000", "easy/100001"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class RecordingPolicy:
