@@ -10,6 +10,7 @@ entry point names a callable that calls :func:`register`. They are discovered la
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import warnings
 from dataclasses import dataclass, field
@@ -121,6 +122,13 @@ def resolve(id_or_alias: str) -> EnvEntry:
     raise UnknownEnvError(f"unknown environment {id_or_alias!r}; known aliases: {known} (see `agentrl envs list`)")
 
 
+def _check_installed(entry: EnvEntry) -> None:
+    missing = entry.missing()
+    if missing:
+        hint = f"pip install 'agentrl[{entry.extra}]'" if entry.extra else f"pip install {' '.join(missing)}"
+        raise MissingDependencyError(f"{entry.id} needs {', '.join(missing)}, which is not installed: {hint}")
+
+
 def make(id_or_alias: str, **kwargs: Any):
     """Create an environment by id or alias; ``kwargs`` override the registered defaults.
 
@@ -128,11 +136,22 @@ def make(id_or_alias: str, **kwargs: Any):
     directly callable.
     """
     entry = resolve(id_or_alias)
-    missing = entry.missing()
-    if missing:
-        hint = f"pip install 'agentrl[{entry.extra}]'" if entry.extra else f"pip install {' '.join(missing)}"
-        raise MissingDependencyError(f"{entry.id} needs {', '.join(missing)}, which is not installed: {hint}")
+    _check_installed(entry)
     return gym.make(entry.id, **kwargs).unwrapped
+
+
+def env_class(id_or_alias: str) -> type | None:
+    """The class an id's entry point names (imported, not instantiated); ``None`` for a factory function.
+
+    Class attributes such as ``splits`` and ``prompt`` are read from it without building an env.
+    """
+    entry = resolve(id_or_alias)
+    _check_installed(entry)
+    target = entry.entry_point
+    if isinstance(target, str):
+        module, _, name = target.partition(":")
+        target = getattr(importlib.import_module(module), name)
+    return target if isinstance(target, type) else None
 
 
 def _register_builtins() -> None:

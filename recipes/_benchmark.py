@@ -27,9 +27,12 @@ class BenchmarkConfig(OnlineConfig):
     max_parallel: int = 128  # live episodes at once
     layout: str = "per_step"  # one row per turn with a history window, as verl-agent
     history: int | None = 2  # turns of history in each prompt (verl-agent: history_length 2)
-    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=1e-6, total_steps=150, kl_coef=0.01))  # lr 1e-6, KL 0.01 as verl-agent
+    learner: LearnerConfig = field(default_factory=lambda: learner())  # lr 1e-6, KL 0.01 as verl-agent
 
 
-def learner(**algorithm: Any) -> LearnerConfig:
-    """The benchmark learner defaults with an algorithm block (``empg=...`` or ``epo=...``)."""
-    return LearnerConfig(lr=1e-6, total_steps=150, kl_coef=0.01, **algorithm)
+def learner(shaping: list[str] | None = None, terms: list[str] | None = None, options: dict[str, Any] | None = None) -> LearnerConfig:
+    """The benchmark learner defaults (lr 1e-6, k3 KL 0.01 as verl-agent) plus an algorithm's plug-ins."""
+    return LearnerConfig(
+        lr=1e-6, total_steps=150, shaping=list(shaping or []), terms=["kl", *(terms or [])],
+        options={"kl": {"coef": 0.01}, **(options or {})},
+    )  # fmt: skip

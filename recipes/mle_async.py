@@ -66,7 +66,7 @@ class Config:
     max_new_tokens: int = 1024  # tokens per attempt (a whole program)
     seed: int = 0  # seeds task draws, sampling and the learner
     learner: LearnerConfig = field(
-        default_factory=lambda: LearnerConfig(lr=1e-5, total_steps=50, duration_weighting=True)
+        default_factory=lambda: LearnerConfig(lr=1e-5, total_steps=50, shaping=["duration"])
     )  # the update (duration weighting on)
 
 

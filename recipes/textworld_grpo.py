@@ -69,9 +69,9 @@ def main(cfg: Config) -> dict[str, Any]:
 
     import agentrl
     from agentrl.agents.llm import LLMAgent, prompt_format_for
+    from agentrl.evaluation import evaluate_model
     from agentrl.policies import HFPolicy, SamplingParams
-    from agentrl.rollout.collector import Collector
-    from agentrl.rollout.evaluate import evaluate_model
+    from agentrl.rollout import Collector, ModelActor
     from agentrl.store import open_store
     from agentrl.training.learner import Learner
     from agentrl.training.metrics import MetricsLogger
@@ -133,7 +133,7 @@ def main(cfg: Config) -> dict[str, Any]:
     # 3. collect -> store -> update
     if cfg.eval_before or cfg.iterations == 0:
         evaluate(0)
-    with Collector(lambda: make_env(cfg.train_split), policy, agent, env_id=entry.id, sampling=sampling,
+    with Collector(lambda: make_env(cfg.train_split), ModelActor(policy, agent, sampling), env_id=entry.id,
                    max_parallel=cfg.max_parallel, split=cfg.train_split) as collector:
         for iteration in range(1, cfg.iterations + 1):
             started = time.perf_counter()

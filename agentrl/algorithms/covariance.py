@@ -16,10 +16,13 @@ Both follow the authors' released implementation (Clip-Cov keeps PPO's ratio cli
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from agentrl.algorithms._common import masked_mean
 from agentrl.algorithms.ppo import _token_advantages, aggregate, clip_token_loss
+from agentrl.algorithms.registry import PolicyLoss, Tokens, register
 
 
 @torch.no_grad()
@@ -29,6 +32,35 @@ def token_covariance(logp: torch.Tensor, advantages: torch.Tensor, mask: torch.T
     centred_logp = logp - masked_mean(logp, mask)
     centred_adv = adv - masked_mean(adv, mask)
     return torch.where(mask.to(torch.bool), centred_logp * centred_adv, torch.zeros_like(logp))
+
+
+def clip_cov_token_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_ratio: float = 2e-4,
+    cov_low: float = 1.0,
+    cov_high: float = 5.0,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """PPO-clip token loss ``[S, L]`` with the gradient of a random few mid-covariance tokens removed."""
+    token_loss = clip_token_loss(logp, old_logp, advantages, eps_low, eps_high)  # [S, L]
+    adv = _token_advantages(advantages, logp)
+    ratio = torch.exp(logp.detach() - old_logp)
+    ppo_clipped = ((adv > 0) & (ratio > 1 + eps_high)) | ((adv < 0) & (ratio < 1 - eps_low))
+    cov = token_covariance(logp.detach(), advantages, mask)
+    valid = mask.to(torch.bool)
+    candidates = torch.nonzero(valid & ~ppo_clipped & (cov > cov_low) & (cov < cov_high))  # [C, 2]
+    n_clip = max(int(clip_ratio * valid.sum().item()), 1)
+    keep = torch.ones_like(token_loss)
+    if len(candidates):
+        order = torch.randperm(len(candidates), generator=generator).to(candidates.device)
+        chosen = candidates[order[:n_clip]]
+        keep[chosen[:, 0], chosen[:, 1]] = 0.0
+    return token_loss * keep
 
 
 def clip_cov_loss(
@@ -44,33 +76,22 @@ def clip_cov_loss(
     agg: str = "token-mean",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """PPO-clip loss with the gradient of a random few mid-covariance tokens removed (scalar)."""
-    token_loss = clip_token_loss(logp, old_logp, advantages, eps_low, eps_high)  # [S, L]
-    adv = _token_advantages(advantages, logp)
-    ratio = torch.exp(logp.detach() - old_logp)
-    ppo_clipped = ((adv > 0) & (ratio > 1 + eps_high)) | ((adv < 0) & (ratio < 1 - eps_low))
-    cov = token_covariance(logp.detach(), advantages, mask)
-    valid = mask.to(torch.bool)
-    candidates = torch.nonzero(valid & ~ppo_clipped & (cov > cov_low) & (cov < cov_high))  # [C, 2]
-    n_clip = max(int(clip_ratio * valid.sum().item()), 1)
-    keep = torch.ones_like(token_loss)
-    if len(candidates):
-        order = torch.randperm(len(candidates), generator=generator).to(candidates.device)
-        chosen = candidates[order[:n_clip]]
-        keep[chosen[:, 0], chosen[:, 1]] = 0.0
-    return aggregate(token_loss * keep, mask, agg)
+    """Clip-Cov policy loss (scalar): :func:`clip_cov_token_loss` aggregated."""
+    token_loss = clip_cov_token_loss(
+        logp, old_logp, advantages, mask, clip_ratio, cov_low, cov_high, eps_low, eps_high, generator
+    )
+    return aggregate(token_loss, mask, agg)
 
 
-def kl_cov_loss(
+def kl_cov_token_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
     advantages: torch.Tensor,
     mask: torch.Tensor,
     k_ratio: float = 2e-3,
     kl_coef: float = 1.0,
-    agg: str = "token-mean",
 ) -> torch.Tensor:
-    """Unclipped policy-gradient loss with a ``|log pi - log pi_old|`` penalty on the top-covariance tokens."""
+    """Unclipped policy-gradient token loss ``[S, L]`` with ``|log pi - log pi_old|`` on the top-covariance tokens."""
     adv = _token_advantages(advantages, logp).to(logp.dtype)
     ratio = torch.exp(logp - old_logp)  # [S, L]
     token_loss = -adv * ratio
@@ -82,4 +103,53 @@ def kl_cov_loss(
         penalty = torch.zeros_like(cov)
         penalty[top] = 1.0
         token_loss = token_loss + kl_coef * penalty.view_as(logp) * (logp - old_logp).abs()
-    return aggregate(token_loss, mask, agg)
+    return token_loss
+
+
+def kl_cov_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    k_ratio: float = 2e-3,
+    kl_coef: float = 1.0,
+    agg: str = "token-mean",
+) -> torch.Tensor:
+    """KL-Cov policy loss (scalar): :func:`kl_cov_token_loss` aggregated."""
+    return aggregate(kl_cov_token_loss(logp, old_logp, advantages, mask, k_ratio, kl_coef), mask, agg)
+
+
+@register
+class ClipCov(PolicyLoss):
+    """Clip-Cov (defaults from the paper, 7B models)."""
+
+    name = "clip_cov"
+
+    @dataclass
+    class Config:
+        clip_ratio: float = 2e-4  # fraction of tokens whose gradient is dropped
+        cov_low: float = 1.0  # lower covariance bound of the candidates
+        cov_high: float = 5.0  # upper covariance bound of the candidates
+
+    def __call__(self, tokens: Tokens) -> torch.Tensor:
+        c = self.config
+        return clip_cov_token_loss(
+            tokens.logp, tokens.old_logp, tokens.advantages, tokens.mask, c.clip_ratio, c.cov_low, c.cov_high,
+            tokens.eps_low, tokens.eps_high, tokens.generator,
+        )  # fmt: skip
+
+
+@register
+class KLCov(PolicyLoss):
+    """KL-Cov (defaults from the paper, 7B models)."""
+
+    name = "kl_cov"
+
+    @dataclass
+    class Config:
+        k_ratio: float = 2e-3  # fraction of top-covariance tokens that get the KL penalty
+        kl_coef: float = 1.0  # weight of |log pi - log pi_old| on those tokens
+
+    def __call__(self, tokens: Tokens) -> torch.Tensor:
+        c = self.config
+        return kl_cov_token_loss(tokens.logp, tokens.old_logp, tokens.advantages, tokens.mask, c.k_ratio, c.kl_coef)

@@ -8,9 +8,13 @@ returns barely differ. A group of one has nothing to compare with, so its advant
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 
 from agentrl.algorithms._common import IdsLike, as_codes
+from agentrl.algorithms.registry import AdvantageEstimator, Reduce, Steps, register
 
 
 def advantages(
@@ -47,3 +51,30 @@ def advantages(
     else:
         adv = centred
     return torch.where(count[codes] > 1, adv, torch.zeros_like(adv))
+
+
+@register
+class GRPO(AdvantageEstimator):
+    """GRPO: each trajectory's group-relative advantage, given to every one of its steps.
+
+    Looks only inside a group, so a data-parallel shard of whole groups needs no reduction.
+    """
+
+    name = "grpo"
+    scale_by_std: ClassVar[bool] = True
+
+    @dataclass
+    class Config:
+        eps: float = 1e-6  # added to the group's standard deviation
+
+    def __call__(self, steps: Steps, reduce: Reduce) -> torch.Tensor:
+        traj_adv = advantages(steps.returns, steps.group_ids, scale_by_std=self.scale_by_std, eps=self.config.eps)  # [T]
+        return traj_adv[steps.traj_index]  # [S]
+
+
+@register
+class DrGRPO(GRPO):
+    """Dr.GRPO: GRPO without the division by the group's standard deviation."""
+
+    name = "dr_grpo"
+    scale_by_std = False

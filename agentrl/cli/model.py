@@ -44,8 +44,8 @@ def run_model_eval(
     """Evaluate ``policy`` on the panel through the collector; returns ``(EvalReport, model details)``."""
     import agentrl
     from agentrl.agents.llm import ACTION_STOP, LLMAgent, prompt_format_for
+    from agentrl.evaluation import evaluate_model
     from agentrl.policies.base import PolicyError, SamplingParams
-    from agentrl.rollout.evaluate import evaluate_model
 
     panel = instance.task_ids(split)
     panel = panel[:episodes] if episodes is not None else panel
@@ -55,7 +55,7 @@ def run_model_eval(
                          admissible_only=admissible_only)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    if admissible_only and not getattr(policy, "supports_choices", False):
+    if admissible_only and not policy.capabilities.constrained:
         raise UserError(f"--admissible-only needs a local Hugging Face model; {type(policy).__name__} has no constrained decoding")
     spare = [instance]  # the CLI's own instance is the first env; more are made as needed
 

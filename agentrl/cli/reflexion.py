@@ -44,7 +44,7 @@ def reflexion_eval(
     from agentrl.cli.model import load_model_for_eval
     from agentrl.policies.base import SamplingParams
     from agentrl.retroformer import Reflector, ReflexionAgent, run_trials
-    from agentrl.rollout.collector import Collector
+    from agentrl.rollout import Collector, ModelActor
 
     if model is None:
         raise UserError("--agent reflexion needs an actor model", hint="add --model PATH (and optionally --reflector PATH)")
@@ -84,8 +84,8 @@ def reflexion_eval(
         runs = (recorder.start(f"eval reflexion {entry.id} {split} trials", env_id=entry.id, config=config),
                 recorder.start(f"eval reflexion {entry.id} {split} reflections", env_id=entry.id, config=config))
     try:
-        with Collector(lambda: agentrl.make(entry.id, split=split, **env_kwargs), actor, agent, env_id=entry.id,
-                       sampling=sampling, max_parallel=parallel, split=split) as collector:
+        with Collector(lambda: agentrl.make(entry.id, split=split, **env_kwargs), ModelActor(actor, agent, sampling),
+                       env_id=entry.id, max_parallel=parallel, split=split) as collector:
             report = run_trials(collector, agent, writer, panel, trials=trials, seed=seed,
                                 store=recorder.store if recorder else None,
                                 trial_run=runs[0] if runs else None, reflection_run=runs[1] if runs else None)

@@ -130,6 +130,7 @@ def _print_transcript(episode_id: int, ep: Any) -> None:
     if ep.instruction:
         console.print(f"instruction: {ep.instruction}", highlight=False, markup=False)
     total = 0.0
+    tokens = ep.turn_tokens()
     for turn, step in enumerate(ep.steps):
         total += step.reward
         console.print(
@@ -140,8 +141,9 @@ def _print_transcript(episode_id: int, ep: Any) -> None:
         )
         console.print(step.observation, highlight=False, markup=False)
         console.print(f"> {step.action}", style="bold", highlight=False, markup=False)
-        if step.response_ids is not None:
-            console.print(f"[dim]{len(step.prompt_ids or [])} prompt + {len(step.response_ids)} response tokens[/]")
+        if turn in tokens:
+            view = tokens[turn]
+            console.print(f"[dim]{len(view.prompt_ids)} prompt + {len(view.response_ids)} response tokens[/]")
     outcome = "won" if ep.won else ("out of turns" if ep.truncated else "lost")
     console.print(
         f"[bold]{outcome}[/]: return {ep.episode_return:.3f}, progress {ep.progress:.2f}, {ep.turns} turns"
@@ -155,7 +157,7 @@ def export_cmd(
     run: RunArg,
     output: Annotated[str, typer.Option("--output", "-o", help="File (parquet, jsonl) or directory (hf) to write.")],
     format: Annotated[str, typer.Option("--format", "-f", help="parquet, jsonl or hf (datasets.save_to_disk).")] = "parquet",
-    level: Annotated[str | None, typer.Option(help="Rows per step or per episode (default: step for parquet, episode for hf).")] = None,
+    level: Annotated[str | None, typer.Option(help="Rows per step, episode or token transcript (default: step for parquet, episode for hf).")] = None,
     won: Annotated[bool | None, typer.Option("--won/--lost", help="Only won (or lost) episodes.")] = None,
     agent: Annotated[str | None, typer.Option(help="Only episodes of this agent (e.g. expert).")] = None,
     store: StoreOpt = DEFAULT_STORE,
@@ -163,24 +165,26 @@ def export_cmd(
     """Export a run's episodes: Parquet rows, JSONL episodes, or a Hugging Face dataset on disk."""
     if format not in ("parquet", "jsonl", "hf"):
         raise UserError(f"unknown export format {format!r}", hint="choose parquet, jsonl or hf")
-    if level not in (None, "step", "episode"):
-        raise UserError(f"unknown level {level!r}", hint="choose step or episode")
+    if level not in (None, "step", "episode", "transcript"):
+        raise UserError(f"unknown level {level!r}", hint="choose step, episode or transcript")
     if format == "jsonl" and level == "step":
         raise UserError("jsonl exports whole episodes", hint="use --format parquet for per-step rows")
     target = Path(output)
     if not target.parent.exists():
         raise UserError(f"directory {target.parent} does not exist")
+    from agentrl.store import export
+
     filters = {"won": won, "agent": agent}
     with _open(store) as opened:
         info = opened.get_run(run)
         if format == "jsonl":
-            count = opened.export_jsonl(output, info.id, **filters)
+            count = export.export_jsonl(opened, output, info.id, **filters)
             what = "episodes"
         elif format == "parquet":
-            count = opened.export_parquet(output, info.id, level=level or "step", **filters)
+            count = export.export_parquet(opened, output, info.id, level=level or "step", **filters)
             what = f"{level or 'step'} rows"
         else:
-            dataset = opened.to_hf_dataset(info.id, level=level or "episode", **filters)
+            dataset = export.to_hf_dataset(opened, info.id, level=level or "episode", **filters)
             dataset.save_to_disk(output)
             count, what = len(dataset), f"{level or 'episode'} rows"
     console.print(f"wrote {count} {what} of run {info.id} ({info.name}) to {output}")

@@ -77,7 +77,7 @@ class RolloutWorker:
     def _collector(self, variant: str):
         import agentrl
         from agentrl.policies import SamplingParams
-        from agentrl.rollout.collector import Collector
+        from agentrl.rollout import Collector, ModelActor
 
         if variant not in self._collectors:
             if variant not in self.spec.variants:
@@ -87,8 +87,8 @@ class RolloutWorker:
                                       stop=("</action>",), return_entropies=True)
             split = self.spec.split
             self._collectors[variant] = Collector(
-                lambda: agentrl.make(self.entry.id, split=split, **kwargs), self.policy, self.agent,
-                env_id=self.entry.id, sampling=sampling, max_parallel=self.spec.max_parallel, split=split,
+                lambda: agentrl.make(self.entry.id, split=split, **kwargs), ModelActor(self.policy, self.agent, sampling),
+                env_id=self.entry.id, max_parallel=self.spec.max_parallel, split=split,
             )
         return self._collectors[variant]
 

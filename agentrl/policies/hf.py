@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agentrl.policies.base import Completion, PolicyError, SamplingParams
+from agentrl.policies.base import Capabilities, Completion, PolicyError, SamplingParams
 
 
 def load_model_and_tokenizer(path: str, *, device: str, dtype: Any = None):
@@ -98,7 +98,7 @@ class HFPolicy:
 
     # -- generation -----------------------------------------------------------------------------
 
-    supports_choices = True  # generate() takes ``choices`` (constrained decoding)
+    capabilities = Capabilities(entropies=True, constrained=True)
 
     def generate(
         self, prompts: list[list[int]], sampling: SamplingParams, *, choices: list[list[list[int]] | None] | None = None
@@ -169,6 +169,7 @@ class HFPolicy:
         candidates = self._stop_candidates(stop_strings)
         host_sampled: list[list[int]] = [[] for _ in range(batch)]
         host_free: list[list[int]] = [[] for _ in range(batch)]  # constrained decoding: 1 = the token was a choice
+        host_allowed: list[list[list[int] | None]] = [[] for _ in range(batch)]  # constrained decoding: allowed ids
 
         with torch.inference_mode():
             logits = self.model(
@@ -179,10 +180,11 @@ class HFPolicy:
             for step in range(max_new):
                 allowed = None
                 if constraint is not None:
-                    allowed = constraint.mask(host_sampled, host_done, logits.shape[-1])
+                    allowed, allowed_ids = constraint.mask(host_sampled, host_done, logits.shape[-1])
                     for row, free in enumerate((allowed.sum(-1) > 1).tolist()):
                         if not host_done[row]:
                             host_free[row].append(int(free))
+                            host_allowed[row].append(allowed_ids[row])
                     allowed = allowed.to(self.device)
                 token, token_logprob, entropy = _sample(logits, sampling, generator, allowed)
                 token = torch.where(done, torch.full_like(token, self.pad_id), token)
@@ -228,6 +230,7 @@ class HFPolicy:
                 finish_reason=reasons[row],  # type: ignore[arg-type]
                 entropies=entropy_host[row][: lengths[row]] if entropy_host is not None else None,
                 loss_mask=host_free[row][: lengths[row]] if constraint is not None else None,
+                allowed=host_allowed[row][: lengths[row]] if constraint is not None else None,
             )
             for row in range(batch)
         ]
@@ -304,16 +307,19 @@ class ChoiceConstraint:
         return options is not None and any(c == prefix for c in options)
 
     def mask(self, prefixes: list[list[int]], finished: list[bool], vocab: int):
-        """``[B, V]`` bool on the CPU: True where a token may be sampled (all True for unconstrained or finished rows)."""
+        """``([B, V] bool on the CPU, allowed ids per row)``: True where a token may be sampled (all True,
+        and ``None`` ids, for unconstrained or finished rows)."""
         import torch
 
         mask = torch.ones((len(prefixes), vocab), dtype=torch.bool)
+        rows: list[list[int] | None] = []
         for row, prefix in enumerate(prefixes):
             ids = None if finished[row] else self.allowed(row, prefix)
+            rows.append(ids)
             if ids is not None:
                 mask[row] = False
                 mask[row, ids] = True
-        return mask
+        return mask, rows
 
 
 def _sample(logits, sampling: SamplingParams, generator, allowed=None):

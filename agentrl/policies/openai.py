@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from agentrl.policies.base import Completion, PolicyError, SamplingParams
+from agentrl.policies.base import Capabilities, Completion, PolicyError, SamplingParams
 
 
 class OpenAIPolicy:
@@ -56,7 +56,8 @@ class OpenAIPolicy:
         self.version = 0
         self.model = model or self._first_model()
         self.name = name or f"{self.base_url}#{self.model}"
-        self.accepts_messages = mode == "chat"
+        self.capabilities = Capabilities(token_ids=mode == "completions", chat_input=mode == "chat")
+        self.max_context: int | None = None  # the server says when a prompt does not fit
 
     # -- the Policy interface -------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentrl.policies.base import Completion, PolicyError, SamplingParams
+from agentrl.policies.base import Capabilities, Completion, PolicyError, SamplingParams
 
 
 class VLLMPolicy:
@@ -37,6 +37,7 @@ class VLLMPolicy:
         self.name = name or model
         self.version = 0
         self.max_context = int(self.llm.llm_engine.model_config.max_model_len)
+        self.capabilities = Capabilities()
 
     def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
         """One completion per prompt, in order (vLLM batches and schedules them itself)."""

@@ -1,31 +1,30 @@
-"""Views of stored episodes for training and sharing: tensor batches, Arrow/Parquet, JSONL, HF datasets.
+"""Views of stored episodes for sharing: Arrow/Parquet, JSONL, HF datasets.
 
-Two table shapes:
+Every view is read off the episodes as stored (their steps and transcripts); nothing is rebuilt.
+Three table shapes:
 
-* ``level="step"``: one row per agent turn, the episode's columns repeated on each row, token
-  arrays as Arrow lists. This is the learner's per-step layout and what ``iter_batches`` stacks.
+* ``level="step"``: one row per agent turn (its text side), the episode's columns repeated;
 * ``level="episode"``: one row per episode with its steps as lists and a chat ``messages`` column
-  (the observation as ``user``, the action as ``assistant``, one pair per turn) that SFT trainers
-  such as TRL's read directly.
+  (the observation as ``user``, the action as ``assistant``, one pair per turn);
+* ``level="transcript"``: one row per token transcript: ``ids`` exactly as the policy read and
+  sampled them, with per-token ``turns``, ``sampled``, ``loss_mask``, ``logprobs``, ``entropies``,
+  ``versions`` (the token-level training view).
 
-torch, pyarrow and datasets are imported only by the functions that need them.
+pyarrow and datasets are imported only by the functions that need them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from agentrl.trajectory import Episode, Step
+from agentrl.trajectory import Episode, Step, Transcript
 
 if TYPE_CHECKING:
     from agentrl.store.store import Store
 
-LEVELS = ("step", "episode")
+LEVELS = ("step", "episode", "transcript")
 
 
 def episode_to_dict(episode: Episode) -> dict[str, Any]:
@@ -36,6 +35,10 @@ def episode_to_dict(episode: Episode) -> dict[str, Any]:
 def episode_from_dict(data: dict[str, Any]) -> Episode:
     fields = dict(data)
     fields["steps"] = [Step(**step) for step in fields.get("steps", [])]
+    fields["transcripts"] = [
+        Transcript(**{**t, "extras": {k: {int(p): v for p, v in values.items()} for k, values in t.get("extras", {}).items()}})
+        for t in fields.get("transcripts", [])
+    ]
     return Episode(**fields)
 
 
@@ -70,12 +73,30 @@ def _step_record(episode_id: int, episode: Episode, turn: int, step: Step) -> di
         "env_seconds": step.env_seconds,
         "generation_seconds": step.generation_seconds,
         "info": json.dumps(step.info, ensure_ascii=True),
-        "prompt_ids": step.prompt_ids,
-        "response_ids": step.response_ids,
-        "loss_mask": step.loss_mask,
-        "logprobs": step.logprobs,
-        "entropies": step.entropies,
         "policy_version": step.policy_version,
+    }
+
+
+def _transcript_record(episode_id: int, episode: Episode, position: int, t: Transcript) -> dict[str, Any]:
+    return {
+        "episode_id": episode_id,
+        "env_id": episode.env_id,
+        "task_id": episode.task_id,
+        "split": episode.split,
+        "seed": episode.seed,
+        "group_id": episode.group_id,
+        "agent": episode.agent,
+        "won": episode.won,
+        "episode_return": episode.episode_return,
+        "position": position,
+        "ids": t.ids,
+        "turns": t.turns,
+        "sampled": t.sampled,
+        "loss_mask": t.loss_mask,
+        "logprobs": t.logprobs,
+        "entropies": t.entropies,
+        "versions": t.versions,
+        "sampling": json.dumps(t.sampling),
     }
 
 
@@ -127,8 +148,13 @@ def _schema(level: str) -> Any:
             ("turn", pa.int32()), ("observation", pa.string()), ("action", pa.string()),
             ("reward", pa.float64()), ("terminated", pa.bool_()), ("truncated", pa.bool_()),
             ("env_seconds", pa.float64()), ("generation_seconds", pa.float64()), ("info", pa.string()),
-            ("prompt_ids", ints), ("response_ids", ints), ("loss_mask", pa.list_(pa.int8())),
-            ("logprobs", floats), ("entropies", floats), ("policy_version", pa.int64()),
+            ("policy_version", pa.int64()),
+        ]  # fmt: skip
+    elif level == "transcript":
+        rest = [
+            ("won", pa.bool_()), ("episode_return", pa.float64()), ("position", pa.int32()), ("ids", ints),
+            ("turns", pa.list_(pa.int32())), ("sampled", pa.list_(pa.int8())), ("loss_mask", pa.list_(pa.int8())),
+            ("logprobs", floats), ("entropies", floats), ("versions", pa.list_(pa.int64())), ("sampling", pa.string()),
         ]  # fmt: skip
     else:
         message = pa.struct([("role", pa.string()), ("content", pa.string())])
@@ -143,7 +169,7 @@ def _schema(level: str) -> Any:
 
 
 def to_arrow(store: Store, run_id: int | None = None, *, level: str = "step", **filters: Any) -> Any:
-    """A ``pyarrow.Table`` of the selected episodes at ``level`` ``"step"`` or ``"episode"``."""
+    """A ``pyarrow.Table`` of the selected episodes at ``level`` ``"step"``, ``"episode"`` or ``"transcript"``."""
     import pyarrow as pa
 
     if level not in LEVELS:
@@ -152,6 +178,8 @@ def to_arrow(store: Store, run_id: int | None = None, *, level: str = "step", **
     for episode_id, episode in store.iter_episodes(run_id, with_ids=True, **filters):
         if level == "episode":
             records.append(_episode_record(episode_id, episode))
+        elif level == "transcript":
+            records.extend(_transcript_record(episode_id, episode, k, t) for k, t in enumerate(episode.transcripts))
         else:
             records.extend(_step_record(episode_id, episode, turn, step) for turn, step in enumerate(episode.steps))
     return pa.Table.from_pylist(records, schema=_schema(level))
@@ -174,94 +202,3 @@ def to_hf_dataset(store: Store, run_id: int | None = None, *, level: str = "epis
     import datasets
 
     return datasets.Dataset(to_arrow(store, run_id, level=level, **filters))
-
-
-def iter_step_batches(
-    store: Store,
-    run_id: int | None = None,
-    *,
-    episodes_per_batch: int = 64,
-    pad_id: int = 0,
-    **filters: Any,
-) -> Iterator[dict[str, Any]]:
-    """Per-step training batches: all turns of ``episodes_per_batch`` episodes, stacked and padded.
-
-    Row ``r`` is one turn; its tokens are ``prompt_ids + response_ids``, right-padded with
-    ``pad_id`` to the longest row ``L`` of the batch. Tensors (``S`` rows):
-
-    * ``input_ids`` [S, L] long, ``attention_mask`` [S, L] long (1 on real tokens)
-    * ``response_mask`` [S, L] float: the turn's ``loss_mask`` at its response positions (all ones
-      when the turn has no loss mask), 0 on prompt and padding
-    * ``logprobs``, ``entropies`` [S, L] float32: behaviour values at the response positions
-      (the value of response token ``j`` sits at the position of that token), 0 elsewhere
-    * ``prompt_lengths``, ``response_lengths``, ``turn``, ``traj_id`` (store episode id),
-      ``group_index`` (into ``group_ids``), ``policy_version`` (-1 when unknown) [S] long
-    * ``rewards``, ``returns`` (episode return), ``won``, ``env_seconds``, ``generation_seconds`` [S] float32
-
-    plus ``group_ids``: the group id strings. A turn without token ids cannot be trained on and
-    raises ``ValueError`` (select model episodes, e.g. by ``agent``).
-    """
-    import torch
-
-    for chunk in store.iter_episode_chunks(run_id, batch_size=episodes_per_batch, **filters):
-        rows: list[tuple[int, Episode, int, Step]] = []
-        for episode_id, episode in chunk:
-            for turn, step in enumerate(episode.steps):
-                if step.prompt_ids is None or step.response_ids is None:
-                    raise ValueError(f"episode {episode_id} turn {turn} has no token ids; it cannot go in a tensor batch")
-                rows.append((episode_id, episode, turn, step))
-        if not rows:
-            continue
-        length = max(len(s.prompt_ids) + len(s.response_ids) for *_, s in rows)  # type: ignore[arg-type]
-        count = len(rows)
-        # Filled as numpy arrays (cheap row slices from lists), handed to torch without a copy.
-        input_ids = np.full((count, length), pad_id, dtype=np.int64)
-        attention_mask = np.zeros((count, length), dtype=np.int64)
-        response_mask = np.zeros((count, length), dtype=np.float32)
-        logprobs = np.zeros((count, length), dtype=np.float32)
-        entropies = np.zeros((count, length), dtype=np.float32)
-        group_ids: list[str] = []
-        group_index: dict[str, int] = {}
-        scalars: dict[str, list[Any]] = {key: [] for key in (
-            "prompt_lengths", "response_lengths", "turn", "traj_id", "group_index", "policy_version",
-            "rewards", "returns", "won", "env_seconds", "generation_seconds",
-        )}  # fmt: skip
-        for r, (episode_id, episode, turn, step) in enumerate(rows):
-            prompt, response = step.prompt_ids, step.response_ids
-            p, n = len(prompt), len(response)  # type: ignore[arg-type]
-            input_ids[r, :p] = prompt
-            input_ids[r, p : p + n] = response
-            attention_mask[r, : p + n] = 1
-            mask = step.loss_mask if step.loss_mask is not None else [1] * n
-            if len(mask) != n:
-                raise ValueError(f"episode {episode_id} turn {turn}: loss_mask has {len(mask)} values for {n} response ids")
-            response_mask[r, p : p + n] = mask
-            for target, values, name in ((logprobs, step.logprobs, "logprobs"), (entropies, step.entropies, "entropies")):
-                if values is not None:
-                    if len(values) != n:
-                        raise ValueError(f"episode {episode_id} turn {turn}: {len(values)} {name} for {n} response ids")
-                    target[r, p : p + n] = values
-            group = episode.group_id if episode.group_id is not None else f"episode-{episode_id}"  # a group of one
-            if group not in group_index:
-                group_index[group] = len(group_ids)
-                group_ids.append(group)
-            version = step.policy_version if step.policy_version is not None else episode.policy_version
-            for key, value in (
-                ("prompt_lengths", p), ("response_lengths", n), ("turn", turn), ("traj_id", episode_id),
-                ("group_index", group_index[group]), ("policy_version", -1 if version is None else version),
-                ("rewards", step.reward), ("returns", episode.episode_return), ("won", float(episode.won)),
-                ("env_seconds", step.env_seconds), ("generation_seconds", step.generation_seconds),
-            ):  # fmt: skip
-                scalars[key].append(value)
-        batch: dict[str, Any] = {
-            "input_ids": torch.from_numpy(input_ids),
-            "attention_mask": torch.from_numpy(attention_mask),
-            "response_mask": torch.from_numpy(response_mask),
-            "logprobs": torch.from_numpy(logprobs),
-            "entropies": torch.from_numpy(entropies),
-            "group_ids": group_ids,
-        }
-        for key, values in scalars.items():
-            dtype = torch.float32 if key in ("rewards", "returns", "won", "env_seconds", "generation_seconds") else torch.long
-            batch[key] = torch.tensor(values, dtype=dtype)
-        yield batch
