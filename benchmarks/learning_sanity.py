@@ -69,14 +69,14 @@ def corpus(n_tasks: int = 150) -> list[str]:
 
 
 def learner_config(algorithm: str, iterations: int, lr: float, mini_batches: int):
-    from agentrl.training.config import EMPGConfig, EPOConfig, LearnerConfig
+    from agentrl.training.config import LearnerConfig
 
     base = LearnerConfig(lr=lr, total_steps=iterations * mini_batches, mini_batches=mini_batches,
                          micro_batch_tokens=8192, seed=0)
     if algorithm == "empg":
-        return replace(base, empg=EMPGConfig())
+        return replace(base, shaping=["empg"])
     if algorithm == "epo":
-        return replace(base, epo=EPOConfig())
+        return replace(base, terms=["epo"])
     return base
 
 

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from agentrl.algorithms import duration, empg, grpo
+from agentrl.testing import token_episode
 from agentrl.training.batch import NoUsableEpisodesError, build_batch, collate, micro_batches
 from agentrl.training.config import LearnerConfig, LoRAConfig
 from agentrl.training.learner import Learner
 from agentrl.training.logprobs import IGNORE, token_logprobs_entropy
 from agentrl.training.metrics import MetricsLogger, read_metrics
 from agentrl.training.optim import warmup_cosine
-from agentrl.trajectory import Episode, Step, Transcript
+from agentrl.trajectory import Episode, Step
 
 transformers = pytest.importorskip("transformers")
 
@@ -52,20 +53,7 @@ def turn(prompt, response, reward=0.0, loss_mask=None, logprobs=None, entropies=
 
 
 def episode(group, turns, won=False, layout="concat", **kw) -> Episode:
-    """An episode whose transcripts an agent would have written: in the concat layout a turn whose
-    prompt extends the transcript appends to it, any other turn (and every turn per step) starts a new one."""
-    steps, transcripts = [], []
-    for index, t in enumerate(turns):
-        steps.append(Step(observation=f"o{index}", action="a", reward=t["reward"], env_seconds=t["env_seconds"]))
-        current = transcripts[-1] if transcripts and layout == "concat" else None
-        prompt = t["prompt"]
-        if current is None or prompt[: len(current.ids)] != current.ids:
-            current = Transcript()
-            transcripts.append(current)
-        current.append_prompt(prompt[len(current.ids) :], index)
-        current.append_sampled(t["response"], index, logprobs=t["logprobs"], entropies=t["entropies"], loss_mask=t["loss_mask"])
-    return Episode(env_id="agentrl/Test-v0", task_id=str(group), group_id=str(group), steps=steps,
-                   transcripts=transcripts, won=won, **kw)  # fmt: skip
+    return token_episode(turns, layout=layout, task_id=str(group), group_id=str(group), won=won, **kw)
 
 
 def bandit_batch() -> list[Episode]:
