@@ -16,10 +16,12 @@ import tokenize
 from pathlib import Path
 from typing import Any, TypeVar
 
+from agentrl.errors import AgentrlError
+
 C = TypeVar("C")
 
 
-class ConfigError(ValueError):
+class ConfigError(AgentrlError, ValueError):
     """A config file or override names an unknown key or gives a value of the wrong type."""
 
 

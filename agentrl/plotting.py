@@ -5,6 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from agentrl.errors import AgentrlError
+
+
+class PlotError(AgentrlError, ValueError):
+    """The run has no readable metrics file, or not the metrics asked for."""
+
 #: Panels drawn by default, each the first of its candidate metric names found in the run.
 DEFAULT_PANELS: dict[str, tuple[str, ...]] = {
     "success rate": ("eval/success_rate", "success_rate", "rollout/success_rate"),
@@ -20,14 +26,14 @@ def read_metrics(path: str | Path) -> list[dict]:
     if path.is_dir():
         path = path / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"no metrics file at {path} (a run directory holds metrics.jsonl)")
+        raise PlotError(f"no metrics file at {path}", hint="give the run directory (it holds metrics.jsonl) or the file")
     records = []
     for line_no, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
-                raise ValueError(f"{path}:{line_no} is not valid JSON") from None
+                raise PlotError(f"{path}:{line_no} is not valid JSON") from None
     return records
 
 
@@ -47,13 +53,13 @@ def plot_run(run: str | Path, output: str | Path | None = None, metrics: list[st
     if metrics:
         missing = [m for m in metrics if m not in keys]
         if missing:
-            raise ValueError(f"metric(s) {', '.join(missing)} not in the run; it has: {', '.join(sorted(keys))}")
+            raise PlotError(f"metric(s) {', '.join(missing)} not in the run; it has: {', '.join(sorted(keys))}")
         panels = {m: m for m in metrics}
     else:
         panels = {title: next(n for n in names if n in keys) for title, names in DEFAULT_PANELS.items()
                   if any(n in keys for n in names)}
     if not panels:
-        raise ValueError(f"nothing to plot: the run logged only {', '.join(sorted(keys)) or 'nothing'}")
+        raise PlotError(f"nothing to plot: the run logged only {', '.join(sorted(keys)) or 'nothing'}")
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, (title, key) in zip(axes[0], panels.items(), strict=True):
         points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float) and "step" in r]

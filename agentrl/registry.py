@@ -10,6 +10,7 @@ entry point names a callable that calls :func:`register`. They are discovered la
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import warnings
@@ -19,17 +20,21 @@ from typing import Any
 
 import gymnasium as gym
 
+from agentrl.errors import AgentrlError
+
 ENTRY_POINT_GROUP = "agentrl.environments"
+#: ``gymnasium.make(REMOTE_ID, url=...)``: an env served by ``agentrl env-serve`` (see :mod:`agentrl.envserver`).
+REMOTE_ID = "agentrl/Remote-v0"
 
 
-class UnknownEnvError(KeyError):
+class UnknownEnvError(AgentrlError, KeyError):
     """No environment is registered under that id or alias."""
 
     def __str__(self) -> str:  # KeyError quotes its message; we want a plain line
         return str(self.args[0])
 
 
-class MissingDependencyError(ImportError):
+class MissingDependencyError(AgentrlError, ImportError):
     """An environment needs an optional dependency that is not installed."""
 
 
@@ -119,7 +124,12 @@ def resolve(id_or_alias: str) -> EnvEntry:
         if entry_id.split("/", 1)[-1].lower() == key:
             return _ENTRIES[entry_id]
     known = ", ".join(sorted(_ALIASES)) or "none"
-    raise UnknownEnvError(f"unknown environment {id_or_alias!r}; known aliases: {known} (see `agentrl envs list`)")
+    names = {**{alias: alias for alias in _ALIASES}, **{entry_id.lower(): entry_id for entry_id in _ENTRIES}}
+    close = difflib.get_close_matches(key, names, n=1)
+    guess = f"did you mean {names[close[0]]!r}? " if close else ""
+    raise UnknownEnvError(
+        f"unknown environment {id_or_alias!r}; known aliases: {known}", hint=f"{guess}see `agentrl envs list`"
+    )
 
 
 def _check_installed(entry: EnvEntry) -> None:
@@ -133,8 +143,11 @@ def make(id_or_alias: str, **kwargs: Any):
     """Create an environment by id or alias; ``kwargs`` override the registered defaults.
 
     Returns the env itself (no Gymnasium wrappers), so ``task_ids`` and ``expert_action`` are
-    directly callable.
+    directly callable. An ``http(s)://`` URL is an env served by ``agentrl env-serve``: a
+    :class:`~agentrl.envserver.client.RemoteEnv` session on it (``split``, ``max_turns`` as usual).
     """
+    if id_or_alias.startswith(("http://", "https://")):
+        return gym.make(REMOTE_ID, url=id_or_alias, **kwargs).unwrapped
     entry = resolve(id_or_alias)
     _check_installed(entry)
     return gym.make(entry.id, **kwargs).unwrapped
@@ -155,6 +168,11 @@ def env_class(id_or_alias: str) -> type | None:
 
 
 def _register_builtins() -> None:
+    # A remote env is a connection, not a benchmark: in Gymnasium's registry (gymnasium.make with url=...)
+    # but not among agentrl's ids, which list_envs, the CLI and the every-env checker walk.
+    if REMOTE_ID in gym.registry:
+        del gym.registry[REMOTE_ID]
+    gym.register(id=REMOTE_ID, entry_point="agentrl.envserver.client:RemoteEnv", disable_env_checker=True, order_enforce=False)
     register(
         "agentrl/TextWorld-v0",
         "agentrl.environments.textworld.env:TextWorldEnv",

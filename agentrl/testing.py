@@ -23,6 +23,8 @@ Example::
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,16 @@ _BASE_CORPUS = [
     "The quick brown fox jumps over the lazy dog. 0123456789 !?.,;:'\"()[]{}<>/\\|-_+=*&^%$#@~`",
     "Your task is to find the key and unlock the box. You see a room with a table, a chair and a door.",
 ]
+
+
+def installed_cli() -> str:
+    """The ``agentrl`` console script installed with the Python running this code.
+
+    Tests of the command line run it for real, in a subprocess, so they see exactly what a user
+    sees (the error formatting, the exit codes); the script next to ``sys.executable`` is the one
+    this interpreter's install made, where a bare ``agentrl`` on ``PATH`` may belong to another.
+    """
+    return shutil.which("agentrl", path=str(Path(sys.executable).parent)) or shutil.which("agentrl") or "agentrl"
 
 
 def tiny_tokenizer(texts: Iterable[str] = (), *, vocab_size: int = 1024, chat_template: str = "chatml"):
@@ -180,3 +192,33 @@ def token_episode(
             loss_mask=t.get("loss_mask"), version=t.get("version"),
         )  # fmt: skip
     return Episode(env_id=env_id, task_id=task_id, group_id=group_id, steps=steps, transcripts=transcripts, **fields)
+
+
+def hub_cache(model_dir: str | Path, cache_dir: str | Path, repo_id: str, *, commit: str | None = None) -> Path:
+    """Lay ``model_dir`` out as Hub model ``repo_id`` in a Hugging Face cache; returns the snapshot directory.
+
+    The layout is huggingface_hub's own: ``models--ORG--NAME/blobs/<sha256>`` holds the files,
+    ``snapshots/<commit>/<file>`` are relative symlinks to them and ``refs/main`` names the commit.
+    With ``HF_HUB_CACHE=cache_dir`` and ``HF_HUB_OFFLINE=1``, transformers loads ``repo_id`` from it
+    without any network: how the tests check that Hub ids work everywhere a model path does.
+    ``commit`` defaults to a hash of the files (40 hex digits, like a git commit).
+    """
+    import hashlib
+
+    files = sorted(p for p in Path(model_dir).iterdir() if p.is_file())
+    digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    commit = commit or hashlib.sha1(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+    repo = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        blob = repo / "blobs" / digests[path.name]
+        if not blob.exists():
+            blob.write_bytes(path.read_bytes())
+        link = snapshot / path.name
+        if not link.is_symlink():
+            link.symlink_to(Path("..", "..", "blobs", digests[path.name]))
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot

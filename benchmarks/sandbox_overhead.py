@@ -7,9 +7,13 @@ before the program's own imports), it measures
 * ``direct``: ``subprocess.run`` of the command on the host (the baseline);
 * ``<backend> run``: ``sandbox.run(command)``: a fresh sandbox per command (start-up included);
 * ``<backend> exec``: ``session.exec(command)`` in an open session (per-command cost only);
-* ``<backend> open``: the time to open a session (Docker: create and start a container).
+* ``<backend> open``: the time to open a session (Docker: create and start a container);
+* ``<backend> run ws10``: ``sandbox.run(/bin/true)`` on a workspace holding 100 files of 100 kB, what an MLE
+  step pays for its workspace (copied into the session's quota filesystem and compared back);
 
-and reports medians with the overhead in milliseconds and as a ratio over ``direct``. Docker is
+and, run as root, the worst case of the quota (``quota``): opening and closing a session whose workspace
+fills the default inode quota with empty files, or the default size quota with one file (copy in, the
+sweep after a command, copy back), which the host pays outside the command's time limit. It reports medians with the overhead in milliseconds and as a ratio over ``direct``. Docker is
 measured against the daemon that answers, else a private one started for the run (skipped with the
 reason when neither works). The JSON result (with the git SHA) goes to
 ``benchmarks/results/sandbox_overhead.json``.
@@ -18,6 +22,7 @@ reason when neither works). The JSON result (with the git SHA) goes to
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -60,8 +65,55 @@ def measure_backend(name: str, repeats: int, docker_url: str | None) -> dict:
             out[f"run_{label}_ms"] = _median_ms(
                 lambda argv=argv: _check(sandbox.run(argv)), max(3, repeats // 4)
             )
+    with tempfile.TemporaryDirectory() as ws:
+        for i in range(100):
+            Path(ws, f"f{i}").write_bytes(os.urandom(100_000))
+        out["run_true_ws10_ms"] = _median_ms(
+            lambda: _check(sandbox.run(COMMANDS["true"], workspace=ws)), max(3, repeats // 4)
+        )
     sandbox.close()
     return out
+
+
+def measure_quota_worst_case() -> dict:
+    """Seconds the host spends on a workspace that fills the default quota (root only, this code only)."""
+    from agentrl.sandboxes.quota import QuotaWorkspace
+
+    limits, out = Limits(), {}
+    for label, fill in (("inodes", _fill_inodes), ("bytes", _fill_bytes)):
+        with tempfile.TemporaryDirectory() as ws:
+            quota = QuotaWorkspace(Path(ws), limits)
+            fill(quota.inner, limits)
+            t0 = time.perf_counter()
+            quota.after_run()
+            t1 = time.perf_counter()
+            quota.close()
+            t2 = time.perf_counter()
+            again = QuotaWorkspace(Path(ws), limits)  # the next step: copy in, nothing changed, compare back
+            t3 = time.perf_counter()
+            again.close()
+            t4 = time.perf_counter()
+            out[label] = {"sweep_s": t1 - t0, "first_copy_back_s": t2 - t1, "copy_in_s": t3 - t2,
+                          "unchanged_copy_back_s": t4 - t3}  # fmt: skip
+    return out
+
+
+def _fill_inodes(inner: Path, limits: Limits) -> None:
+    for i in range(limits.inodes):
+        try:
+            (inner / f"f{i}").touch()
+        except OSError:
+            return
+
+
+def _fill_bytes(inner: Path, limits: Limits) -> None:
+    chunk = os.urandom(1 << 20)
+    with open(inner / "big", "wb") as f:
+        try:
+            for _ in range(limits.disk_mb):
+                f.write(chunk)
+        except OSError:
+            pass
 
 
 def _check(result) -> None:
@@ -101,7 +153,13 @@ def main() -> None:
                     ms = data[f"{mode}_{label}_ms"]
                     data[f"{mode}_{label}_overhead_ms"] = ms - base
                     data[f"{mode}_{label}_ratio"] = ms / base
+            data["run_true_ws10_overhead_ms"] = data["run_true_ws10_ms"] - direct["direct_true_ms"]
             results["backends"][name] = data
+    if os.geteuid() == 0:
+        try:
+            results["quota"] = measure_quota_worst_case()
+        except ImportError:  # a version without the quota filesystem
+            pass
 
     print(f"{'':24}{'median ms':>12}{'overhead ms':>14}{'x direct':>10}")
     for label in COMMANDS:
@@ -113,7 +171,10 @@ def main() -> None:
                     f"{data[f'{mode}_{label}_overhead_ms']:>14.1f}{data[f'{mode}_{label}_ratio']:>10.1f}"
                 )
     for name, data in results["backends"].items():
-        print(f"{name} open session: {data['open_ms']:.1f} ms")
+        print(f"{name} open session: {data['open_ms']:.1f} ms; run /bin/true on a 10 MB workspace: "
+              f"{data['run_true_ws10_ms']:.1f} ms")  # fmt: skip
+    for label, data in results.get("quota", {}).items():
+        print(f"quota full of {label}: " + ", ".join(f"{k} {v:.2f}" for k, v in data.items()))
     for name, why in results["skipped"].items():
         print(f"{name}: skipped ({why})")
     path = write_result("sandbox_overhead", results)

@@ -1,8 +1,8 @@
 """Defaults shared by the benchmark recipes (ALFWorld, ScienceWorld, WebShop).
 
 They follow verl-agent's GiGPO scripts, which EMPG and EPO build on, where those state a value; the
-loop itself is ``textworld_grpo``'s. The model is yours to supply (``model=PATH``, a local Hugging Face
-directory; the papers use Qwen2.5-1.5B/3B/7B-Instruct).
+loop itself is ``textworld_grpo``'s. The model is yours to supply (``model=PATH_OR_HUB_ID``, a Hugging Face
+directory or Hub id; the papers use Qwen2.5-1.5B/3B/7B-Instruct).
 """
 
 from __future__ import annotations

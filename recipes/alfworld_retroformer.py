@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentrl.config import config_dict
+from agentrl.config import ConfigError, config_dict
 from agentrl.training.config import LearnerConfig, LoRAConfig
 
 
@@ -45,7 +45,7 @@ def _paper_learner() -> LearnerConfig:
 class Config:
     """Retroformer (ALFWorld). Override any field: ``agentrl train alfworld_retroformer key=value``."""
 
-    actor_model: str = ""  # frozen actor: a Hugging Face model directory (required)
+    actor_model: str = ""  # frozen actor: a Hugging Face model directory or Hub id (required)
     reflector_model: str = ""  # retrospective LM directory (empty = a second copy of actor_model)
     run_name: str = "alfworld_retroformer"  # run directory name under output_dir, and the store's run names
     output_dir: str = "runs"  # where run directories are created
@@ -87,9 +87,9 @@ def main(cfg: Config) -> dict[str, Any]:
     from agentrl.training.metrics import MetricsLogger
 
     if not cfg.actor_model:
-        raise ValueError("set actor_model=PATH (a Hugging Face model directory) for this recipe")
+        raise ConfigError("set actor_model=PATH_OR_HUB_ID (a Hugging Face model directory or Hub id) for this recipe")
     if cfg.normalize not in ("batch", "task"):
-        raise ValueError(f"normalize must be batch or task, got {cfg.normalize!r}")
+        raise ConfigError(f"normalize must be batch or task, got {cfg.normalize!r}")
     run_dir = Path(cfg.output_dir) / cfg.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)

@@ -17,10 +17,13 @@ Read it top to bottom:
    newest weights they have and write them to the store; the learner takes whole groups at most
    ``max_staleness`` versions old, updates (PPO-clip against the behaviour log-probs = clipped
    importance ratio, GRPO advantages, duration weights) and publishes the new weights;
-4. the final weights go to ``output_dir/run_name/model``.
+4. the final weights go to ``output_dir/run_name/model`` (LoRA merged).
+
+With ``learner.lora`` set the learner trains adapters and publishes only them (PEFT's format, a few
+MB per version); workers apply them to their copy of the base model.
 
 Paper defaults where they apply: 128 episodes per update (16 groups of 8), lr 1e-5, duration
-weighting on. ``agentrl train mle_async model=PATH`` (``--ray ADDRESS`` sets ``ray``). Under
+weighting on. ``agentrl train mle_async model=PATH_OR_HUB_ID`` (``--ray ADDRESS`` sets ``ray``). Under
 ``torchrun --nproc-per-node N $(which agentrl) train mle_async ...`` the learner is FSDP2 over the N
 ranks (:mod:`agentrl.distributed.fsdp`): rank 0 drives the workers and broadcasts each batch.
 """
@@ -34,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentrl.config import config_dict
+from agentrl.config import ConfigError, config_dict
 from agentrl.training.config import LearnerConfig
 
 
@@ -42,7 +45,7 @@ from agentrl.training.config import LearnerConfig
 class Config:
     """Asynchronous MLE recipe. Every field can be overridden: ``agentrl train mle_async key=value``."""
 
-    model: str = ""  # Hugging Face model directory (required)
+    model: str = ""  # Hugging Face model directory or Hub id, e.g. Qwen/Qwen2.5-1.5B-Instruct (required)
     run_name: str = "mle_async"  # run directory name under output_dir, and the store's run name
     output_dir: str = "runs"  # where run directories are created
     store: str = ""  # trajectory store URL; empty = sqlite:///<output_dir>/<run_name>/store.db (one machine)
@@ -79,14 +82,15 @@ def main(cfg: Config) -> dict[str, Any]:
     from agentrl.distributed.ray_local import init_ray, shutdown_ray
     from agentrl.distributed.worker import WorkerSpec
     from agentrl.policies.hf import load_model_and_tokenizer
+    from agentrl.policies.sources import hub_revision, load_pretrained
     from agentrl.store import open_store
     from agentrl.training.learner import Learner
     from agentrl.training.metrics import MetricsLogger
 
     if not cfg.model:
-        raise ValueError("set model=PATH (a Hugging Face model directory) for this recipe")
+        raise ConfigError("set model=PATH_OR_HUB_ID (a Hugging Face model directory or Hub id) for this recipe")
     if not 0 <= cfg.improve_fraction <= 1:
-        raise ValueError(f"improve_fraction must be in [0, 1], got {cfg.improve_fraction}")
+        raise ConfigError(f"improve_fraction must be in [0, 1], got {cfg.improve_fraction}")
     run_dir = Path(cfg.output_dir) / cfg.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -98,6 +102,7 @@ def main(cfg: Config) -> dict[str, Any]:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         torch.cuda.set_device(device)
     model, tokenizer = load_model_and_tokenizer(cfg.model, device=device)
+    revision = hub_revision(cfg.model)  # a Hub id's commit: workers and the final export load these very weights
     pad_id = tokenizer.pad_token_id or 0
     learner: Any
     if world > 1:  # rank 0 runs everything below; the other ranks only mirror its updates
@@ -128,7 +133,7 @@ def main(cfg: Config) -> dict[str, Any]:
         model=cfg.model, env=entry.id, store=store_url, run_id=run_id, weights_dir=str((run_dir / "weights").resolve()),
         env_args=dict(cfg.env_args), variants={"scratch": {"max_turns": 1}, "improve": {"max_turns": 2}},
         split=cfg.split, max_turns=2, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-        max_parallel=cfg.max_parallel, seed=cfg.seed,
+        max_parallel=cfg.max_parallel, seed=cfg.seed, revision=revision,
     )  # fmt: skip
     probe = agentrl.make(entry.id, split=cfg.split, **cfg.env_args)
     panel = probe.task_ids(cfg.split)[: cfg.train_tasks or None]
@@ -161,7 +166,7 @@ def main(cfg: Config) -> dict[str, Any]:
         if world > 1:
             from transformers import AutoModelForCausalLM
 
-            final = AutoModelForCausalLM.from_pretrained(cfg.model)
+            final = load_pretrained(AutoModelForCausalLM, cfg.model, revision=revision)
             final.load_state_dict(learner.full_state_dict())
             final.save_pretrained(run_dir / "model")
         else:

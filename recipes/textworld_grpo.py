@@ -3,7 +3,7 @@
 This is the reference loop every online recipe shares (the benchmark recipes are this loop with the
 papers' defaults). Read it top to bottom:
 
-1. load the policy (a Hugging Face model directory) and wrap it in the LLM agent's prompt format;
+1. load the policy (a Hugging Face model directory or Hub id) and wrap it in the LLM agent's prompt format;
 2. optionally warm up by supervised fine-tuning on expert demonstrations (``sft_episodes > 0``);
 3. per iteration: draw ``tasks_per_iteration`` train tasks, play ``group_size`` episodes of each
    with the current weights (one batched generate per turn), write them to the store, and give
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentrl.config import config_dict
+from agentrl.config import ConfigError, config_dict
 from agentrl.training.config import LearnerConfig
 
 
@@ -31,7 +31,7 @@ from agentrl.training.config import LearnerConfig
 class Config:
     """Online RL recipe (TextWorld, GRPO). Every field can be overridden: ``agentrl train textworld_grpo key=value``."""
 
-    model: str = ""  # Hugging Face model directory (required), e.g. a local Qwen2.5-1.5B-Instruct
+    model: str = ""  # Hugging Face model directory or Hub id (required), e.g. Qwen/Qwen2.5-1.5B-Instruct
     run_name: str = "textworld_grpo"  # run directory name under output_dir, and the store's run name
     output_dir: str = "runs"  # where run directories are created
     store: str = ""  # trajectory store URL; empty = sqlite:///<output_dir>/<run_name>/store.db
@@ -78,7 +78,7 @@ def main(cfg: Config) -> dict[str, Any]:
     from agentrl.training.sft import demonstrations, sft_update
 
     if not cfg.model:
-        raise ValueError("set model=PATH (a Hugging Face model directory) for this recipe")
+        raise ConfigError("set model=PATH_OR_HUB_ID (a Hugging Face model directory or Hub id) for this recipe")
     run_dir = Path(cfg.output_dir) / cfg.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)

@@ -66,3 +66,29 @@ def get_sandbox(
             return cls(limits, **kwargs, **extra)
         reasons.append(f"{name}: {why}")
     raise SandboxUnavailable("no sandbox backend works here (" + "; ".join(reasons) + ")")
+
+
+def cleanup_stale(docker_url: str | None = None) -> list[str]:
+    """Repair what supervisors killed mid-run left behind; returns one line per repair.
+
+    Removes agentrl containers whose supervisor is gone (when a Docker daemon answers at ``docker_url``,
+    ``DOCKER_HOST`` or the local socket), gives workspaces left mounted back to their owners with the
+    program's files, and removes orphaned cgroups. Every backend does this when it starts; this is the
+    same, on demand (``agentrl sandbox cleanup``). Live sandboxes of other processes are left alone.
+    """
+    from agentrl.sandboxes.bubblewrap import sweep_stale_cgroups
+    from agentrl.sandboxes.quota import recover_stale
+
+    done: list[str] = []
+    try:
+        from agentrl.sandboxes.docker import DockerSandbox, _client, sweep_stale_containers
+
+        if DockerSandbox.availability(base_url=docker_url)[0]:
+            client = _client(docker_url)
+            try:
+                done += sweep_stale_containers(client)
+            finally:
+                client.close()
+    except ImportError:  # no docker SDK: no containers of ours either
+        pass
+    return done + recover_stale() + sweep_stale_cgroups()

@@ -1,25 +1,35 @@
 """Docker backend, through the ``docker`` SDK.
 
-A session is one container, kept alive (``sleep infinity``) while commands are ``exec``'d into it:
-network disabled (``network_mode="none"``: only the container's own loopback), every capability
-dropped, ``no-new-privileges``, read-only root, uid/gid 65534, limits on pids, memory (swap
-included), CPU, file size (``RLIMIT_FSIZE``) and a size-limited ``/tmp`` tmpfs. The workspace is
-bind-mounted read-write at ``/workspace``.
+A session is one container, kept alive while commands are ``exec``'d into it: network disabled
+(``network_mode="none"``: only the container's own loopback), every capability dropped,
+``no-new-privileges``, Docker's default seccomp profile, read-only root, the unprivileged user
+:data:`~agentrl.sandboxes.base.SANDBOX_UID`, limits on pids, memory (swap included), CPU and file size
+(``RLIMIT_FSIZE``). Started by root, the workspace, ``/tmp`` and ``/dev/shm`` are the session's quota
+filesystem (:mod:`.quota`: ``disk_mb`` and ``inodes``; setuid/setgid bits cleared after every
+command); otherwise the workspace directory is bound as it is and ``/tmp`` is a size-limited tmpfs.
 
 No registry is reachable from where agentrl runs, so the image is built locally: ``docker
 import`` of a tiny root filesystem (a few directories, ``/etc/passwd``), with the host's ``/usr``
 and Python prefix bound read-only at run time. Such an image is a few kilobytes and starts in well
 under a second even on the ``vfs`` storage driver.
 
+A container never outlives its supervisor. Its first process is ``cat`` reading the container's
+stdin, to which this process stays attached (``stdin_once``): when the supervisor dies, however it
+dies, the kernel closes that connection, the daemon closes the stdin, ``cat`` exits and the container
+stops (and is removed: ``auto_remove``). ``cat`` runs as a user of its own, out of the program's reach. Every command also runs under ``timeout -s KILL`` set a few
+seconds past its limit, so it ends by itself even if nobody kills it. Containers are labelled with
+their supervisor (boot id, pid namespace, pid and start time); a ``DockerSandbox`` that starts removes
+those whose supervisor is gone, and repairs workspaces a killed supervisor left mounted.
+
 A command that hits the time or output limit has its container killed (the whole process tree,
-daemons included); the session starts a fresh container for its next command (the workspace is
-kept, ``/tmp`` is not). The workspace is handed to uid 65534 while a session is open and given
-back to its owner on close.
+daemons included); the session starts a fresh container for its next command (the workspace is kept).
+Each command starts with an empty ``/tmp`` and ``/dev/shm``, as in the bubblewrap backend.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import tarfile
 import time
@@ -41,10 +51,51 @@ from agentrl.sandboxes.base import (
     as_argv,
     default_env,
     python_prefixes,
+    supervisor_alive,
+    supervisor_id,
 )
+from agentrl.sandboxes.quota import open_workspace, recover_stale
 
-IMAGE = "agentrl-sandbox:hostbind-1"
+log = logging.getLogger(__name__)
+
+IMAGE = "agentrl-sandbox:hostbind-2"
 ETC_FILES = ("ld.so.cache", "alternatives", "localtime")
+#: Label every agentrl container carries, and the one naming its supervisor.
+LABEL = "agentrl.sandbox"
+SUPERVISOR_LABEL = "agentrl.supervisor"
+#: User of the container's first process (``cat``, see the module docstring): not the sandbox user, so
+#: a program can neither kill it nor ptrace it into living on after its supervisor.
+KEEPER_UID = SANDBOX_UID - 1
+#: How long past its limit a command may run in the container when its supervisor does not kill it.
+DEADLINE_GRACE_S = 5.0
+
+
+def _supervisor_label() -> str:
+    """``<boot id>/<supervisor id>``: the boot id keeps another machine's supervisors apart."""
+    return f"{Path('/proc/sys/kernel/random/boot_id').read_text().strip()}/{supervisor_id()}"
+
+
+def _supervisor_gone(label: str | None) -> bool:
+    """True only when the label names a supervisor of this machine that no longer runs."""
+    boot, _, ident = (label or "").partition("/")
+    if not ident or boot != Path("/proc/sys/kernel/random/boot_id").read_text().strip():
+        return False
+    return supervisor_alive(ident) is False
+
+
+def sweep_stale_containers(client: Any) -> list[str]:
+    """Remove agentrl containers whose supervisor is gone; returns one line per container."""
+    import docker.errors
+
+    removed = []
+    for container in client.containers.list(all=True, filters={"label": LABEL}):
+        if _supervisor_gone(container.labels.get(SUPERVISOR_LABEL)):
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:  # removed meanwhile (auto_remove)
+                pass
+            removed.append(f"removed container {container.short_id} (its supervisor is gone)")
+    return removed
 
 
 def _rootfs_tar() -> bytes:
@@ -76,9 +127,9 @@ def _rootfs_tar() -> bytes:
                 add_dir(top)
         add_file(
             "etc/passwd",
-            f"root:x:0:0:root:/root:/bin/sh\nnobody:x:{SANDBOX_UID}:{SANDBOX_GID}:nobody:/tmp:/usr/sbin/nologin\n",
+            f"root:x:0:0:root:/root:/bin/sh\nsandbox:x:{SANDBOX_UID}:{SANDBOX_GID}:sandbox:/tmp:/usr/sbin/nologin\n",
         )
-        add_file("etc/group", f"root:x:0:\nnogroup:x:{SANDBOX_GID}:\n")
+        add_file("etc/group", f"root:x:0:\nsandbox:x:{SANDBOX_GID}:\n")
     return buf.getvalue()
 
 
@@ -90,16 +141,6 @@ def _client(base_url: str | None, timeout: float = 30.0):
     return docker.from_env(timeout=timeout)
 
 
-def _chown_tree(path: Path, uid: int, gid: int) -> None:
-    os.chown(path, uid, gid)
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            try:
-                os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
-            except FileNotFoundError:
-                pass
-
-
 class DockerSession(Session):
     backend: ClassVar[str] = "docker"
 
@@ -108,11 +149,9 @@ class DockerSession(Session):
         self.sandbox = sandbox
         self.client = sandbox.client
         self.container: Any = None
+        self._lifeline: Any = None  # our attachment to the container's stdin: it lives while we do
         self._oom_seen = 0  # OOM kills of the current container already reported
-        st = workspace.stat()
-        self._owner = (st.st_uid, st.st_gid)
-        if os.geteuid() == 0:
-            _chown_tree(workspace, SANDBOX_UID, SANDBOX_GID)
+        self.storage = open_workspace(workspace, limits)
         try:
             self._start()
         except Exception:
@@ -132,7 +171,10 @@ class DockerSession(Session):
             vols[prefix] = {"bind": prefix, "mode": "ro"}
         for host, inside in self.ro_binds.items():
             vols[host] = {"bind": inside, "mode": "ro"}
-        vols[str(self.workspace)] = {"bind": WORKSPACE, "mode": "rw"}
+        vols[str(self.storage.inner)] = {"bind": WORKSPACE, "mode": "rw"}
+        if self.storage.tmp is not None:
+            vols[str(self.storage.tmp)] = {"bind": "/tmp", "mode": "rw"}
+            vols[str(self.storage.shm)] = {"bind": "/dev/shm", "mode": "rw"}
         return vols
 
     def _start(self) -> None:
@@ -140,17 +182,19 @@ class DockerSession(Session):
 
         lim = self.limits
         self._oom_seen = 0
-        self.container = self.client.containers.run(
+        tmpfs = {} if self.storage.tmp is not None else {"/tmp": f"size={lim.disk_mb}m,mode=1777"}
+        self.container = self.client.containers.create(
             self.sandbox.image,
-            ["/usr/bin/sleep", "infinity"],
-            detach=True,
-            user=f"{SANDBOX_UID}:{SANDBOX_GID}",
+            ["/usr/bin/cat"],  # ends when our attachment to its stdin closes: see the module docstring
+            stdin_open=True,
+            auto_remove=True,
+            user=f"{KEEPER_UID}:{KEEPER_UID}",  # not the program's user: it cannot signal or ptrace it
             working_dir=WORKSPACE,
             network_mode="none",
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             read_only=True,
-            tmpfs={"/tmp": f"size={lim.disk_mb}m,mode=1777"},
+            tmpfs=tmpfs,
             volumes=self._volumes(),
             pids_limit=lim.pids,
             mem_limit=f"{lim.memory_mb}m",
@@ -163,17 +207,29 @@ class DockerSession(Session):
             ],
             hostname="sandbox",
             environment={},
-            labels={"agentrl.sandbox": "1"},
+            labels={LABEL: "1", SUPERVISOR_LABEL: _supervisor_label()},
             log_config=LogConfig(type="none"),
         )
+        self._lifeline = self.client.api.attach_socket(self.container.id, params={"stdin": 1, "stream": 1})
+        self.container.start()
+
+    def deadline_argv(self, argv: Sequence[str], timeout_s: float) -> list[str]:
+        """``argv`` under coreutils ``timeout``: killed a little after its limit even if nobody kills it."""
+        return ["/usr/bin/timeout", "-s", "KILL", f"{timeout_s + DEADLINE_GRACE_S:g}", *argv]
 
     def _remove(self) -> None:
         if self.container is not None:
             try:
                 self.container.remove(force=True)
-            except Exception:  # already gone with the daemon: nothing left to free
+            except Exception:  # already gone (auto_remove, or with the daemon): nothing left to free
                 pass
             self.container = None
+        if self._lifeline is not None:
+            try:
+                self._lifeline.close()
+            except OSError:
+                pass
+            self._lifeline = None
 
     def _oom_kills(self) -> int:
         """The container cgroup's OOM-kill counter, read from inside (works with a remote daemon too).
@@ -200,11 +256,17 @@ class DockerSession(Session):
         if self.closed:
             raise RuntimeError("this sandbox session is closed")
         limits = self.limits.with_(timeout_s=timeout_s)
-        argv = as_argv(command)
+        argv = self.deadline_argv(as_argv(command), limits.timeout_s)
         full_env = default_env(limits, {**self.env, **(env or {})})
+        if self.storage.too_big:
+            return RunResult(
+                None, "", f"sandbox: the workspace does not fit in its quota ({limits.disk_mb} MB, "
+                f"{limits.inodes} inodes); nothing was run\n", 0.0, Reason.DISK_LIMIT, self.backend,
+            )  # fmt: skip
         start = time.monotonic()
         api = self.client.api
         try:
+            self.storage.clear_tmp()  # the last command's leftovers were killed when it ended
             if self.container is None:
                 self._start()
             exec_id = api.exec_create(
@@ -235,10 +297,17 @@ class DockerSession(Session):
             oom, self._oom_seen = kills > self._oom_seen, kills
         if outcome == "closed":
             self._kill_leftovers()
-        reason = {
-            "overflow": Reason.OUTPUT_LIMIT,
-            "timeout": Reason.TIMEOUT,
-        }.get(outcome, Reason.OUT_OF_MEMORY if oom else Reason.FINISHED)
+        full = self._after_run()
+        if outcome == "overflow":
+            reason = Reason.OUTPUT_LIMIT
+        elif oom:
+            reason = Reason.OUT_OF_MEMORY
+        elif full:
+            reason = Reason.DISK_LIMIT
+        elif outcome == "timeout":
+            reason = Reason.TIMEOUT
+        else:
+            reason = Reason.FINISHED
         return RunResult(
             exit_code=exit_code,
             stdout=collector.text("stdout"),
@@ -263,6 +332,14 @@ class DockerSession(Session):
                 return None, "timeout"
             time.sleep(0.05)
 
+    def _after_run(self) -> bool:
+        """Sweep setuid bits off the workspace; whether the quota is full."""
+        try:
+            return self.storage.after_run()
+        except OSError as exc:  # the workspace is the program's: report, never fail the run over it
+            log.warning("sandbox workspace %s: sweep after the run failed: %s", self.workspace, exc)
+            return False
+
     def _restart_after_kill(self) -> None:
         """Time or output limit: kill the container (every process in it); the next exec starts a fresh one."""
         try:
@@ -281,8 +358,7 @@ class DockerSession(Session):
 
     def _close(self) -> None:
         self._remove()
-        if os.geteuid() == 0 and self.workspace.exists():
-            _chown_tree(self.workspace, *self._owner)
+        self.storage.close(copy_back=self.keep_files)
 
 
 def _demux(
@@ -318,6 +394,8 @@ class DockerSandbox(Sandbox):
             raise SandboxUnavailable(f"no Docker daemon answers: {exc}") from None
         self.image = image
         self.ensure_image()
+        for line in self.cleanup_stale():
+            log.info("sandbox: %s", line)
 
     @classmethod
     def availability(cls, base_url: str | None = None, **kwargs: Any) -> tuple[bool, str]:
@@ -345,6 +423,10 @@ class DockerSandbox(Sandbox):
             pass
         repo, _, tag = self.image.partition(":")
         self.client.api.import_image_from_data(_rootfs_tar(), repository=repo, tag=tag or "latest")
+
+    def cleanup_stale(self) -> list[str]:
+        """Remove containers whose supervisor is gone, then repair the workspaces they left mounted."""
+        return sweep_stale_containers(self.client) + recover_stale()
 
     def open(self, workspace: str | os.PathLike[str], *, limits: Limits | None = None) -> Session:
         path = Path(workspace).resolve()

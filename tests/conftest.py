@@ -66,6 +66,23 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+# --- A Docker daemon (a private dockerd when none answers) for Docker-backed tests -----------------
+@pytest.fixture(scope="session")
+def docker_url():
+    """The address of a Docker daemon; skips (allowed in CI) when none can be had."""
+    from agentrl.sandboxes.testing import DockerUnavailable, docker_daemon
+
+    try:
+        ctx = docker_daemon()
+        url = ctx.__enter__()
+    except DockerUnavailable as exc:
+        pytest.skip(f"no Docker daemon: {exc}")
+    try:
+        yield url
+    finally:
+        ctx.__exit__(None, None, None)
+
+
 # --- Tiny local chat model (agentrl.testing) for policy, agent and rollout tests ------------------
 TINY_MODEL_TEXTS = [
     "-= Kitchen =- You've entered a kitchen. You see a closed fridge and a table. There is an exit to the north.",
@@ -89,6 +106,20 @@ def tiny_reasoning_model(tmp_path_factory) -> str:
     from agentrl.testing import tiny_model
 
     return tiny_model(tmp_path_factory.mktemp("tiny-reasoning"), texts=TINY_MODEL_TEXTS, chat_template="reasoning")
+
+
+@pytest.fixture(scope="session")
+def tiny_hub_model(tmp_path_factory, tiny_chat_model) -> dict[str, str]:
+    """The tiny chat model as Hub id ``agentrl-test/tiny-chat`` in a private Hugging Face cache.
+
+    Returns ``{"cache": HF_HUB_CACHE, "repo_id": ..., "commit": ..., "path": the local original}``.
+    Use it with ``HF_HUB_OFFLINE=1`` (set for the whole session above): nothing is downloaded.
+    """
+    from agentrl.testing import hub_cache
+
+    cache = tmp_path_factory.mktemp("hf-hub-cache")
+    snapshot = hub_cache(tiny_chat_model, cache, "agentrl-test/tiny-chat")
+    return {"cache": str(cache), "repo_id": "agentrl-test/tiny-chat", "commit": snapshot.name, "path": tiny_chat_model}
 
 
 # In CI every real component is installed by scripts/install.sh, so a skip there for anything but missing

@@ -116,3 +116,38 @@ def test_ctrl_c_leaves_no_orphans_and_a_consistent_store(tmp_path, tiny_chat_mod
         assert set(per_group.values()) == {2}  # every group complete: none cut off mid-write
         trained = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert any(m.get("policy_version", 0) >= 1 for m in trained)
+
+
+@pytest.mark.slow
+def test_mle_async_trains_lora_from_a_hub_id(tmp_path, tiny_hub_model):
+    """The recipe with a Hub id (offline cache, workers pinned to its commit) and LoRA: adapters published each
+    update, and the exported model is the base with the last published adapter merged."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    command = [
+        sys.executable, "-c", "from agentrl.cli import main; main()", "train", "mle_async", "--ray", "local",
+        f"model={tiny_hub_model['repo_id']}", f"output_dir={tmp_path}", "run_name=lora", "env=textworld",
+        "env_args={difficulty: easy}", "split=valid", "train_tasks=1", "workers=1", "worker_cpus=0.5",
+        "group_size=2", "groups_per_update=1", "updates=2", "max_staleness=1", "max_new_tokens=8", "max_parallel=2",
+        "learner.lr=1e-2", "learner.total_steps=2", "learner.lora={r: 4, alpha: 8}",
+        "learner.terms=[epo]",  # its entropy term has a gradient even when every episode of a group scores the same
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_CACHE": tiny_hub_model["cache"], "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    run_dir = tmp_path / "lora"
+    assert [u["policy_version"] for u in json.loads((run_dir / "summary.json").read_text())["updates"]] == [1, 2]
+    weights = run_dir / "weights"
+    assert sorted(p.name for p in weights.iterdir()) == ["LATEST", "v1", "v2"]  # keep max_staleness + 1
+    assert sorted(p.name for p in (weights / "v2").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    base = AutoModelForCausalLM.from_pretrained(tiny_hub_model["path"])
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_hub_model["path"]), weights / "v2")
+    expected = merged.merge_and_unload().state_dict()
+    exported = AutoModelForCausalLM.from_pretrained(run_dir / "model").state_dict()
+    assert set(exported) == set(expected)
+    for key, value in exported.items():
+        torch.testing.assert_close(value, expected[key], atol=1e-6, rtol=0)
+    moved = max((exported[k] - v).abs().max().item() for k, v in base.state_dict().items())
+    assert moved > 1e-4  # training changed the policy: the comparison above is not base == base

@@ -10,6 +10,7 @@ import pytest
 
 from agentrl.config import ConfigError, describe, load_config
 from agentrl.plotting import plot_run
+from agentrl.testing import installed_cli
 
 
 @dataclass
@@ -78,12 +79,12 @@ def test_plot_writes_a_png(tmp_path):
     assert path == run / "curves.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="metric\\(s\\) nope not in the run"):
         plot_run(run, metrics=["nope"])
-    out = subprocess.run(["agentrl", "plot", str(run), "-o", str(tmp_path / "c.png")], capture_output=True, text=True)
+    out = subprocess.run([installed_cli(), "plot", str(run), "-o", str(tmp_path / "c.png")], capture_output=True, text=True)
     assert out.returncode == 0 and (tmp_path / "c.png").exists()
-    out = subprocess.run(["agentrl", "plot", str(tmp_path / "nowhere")], capture_output=True, text=True)
+    out = subprocess.run([installed_cli(), "plot", str(tmp_path / "nowhere")], capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr.startswith("error: no metrics file at")
 
 
 def test_train_unknown_recipe_is_one_line():
-    out = subprocess.run(["agentrl", "train", "no_such_recipe"], capture_output=True, text=True)
+    out = subprocess.run([installed_cli(), "train", "no_such_recipe"], capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr.startswith("error: unknown recipe 'no_such_recipe'")

@@ -26,9 +26,8 @@ from agentrl.environments.mle.instrument import (
     instrument,
     marker,
     only_prints_added,
-    parse_milestones,
-    strip_markers,
 )
+from agentrl.environments.mle.milestones import EMITTER, compile_program, milestones_seen, strip_markers, tag
 from agentrl.environments.mle.tasks import BUILTIN, builtin_task, expert_program, load_mlebench
 from agentrl.sandboxes.bubblewrap import BubblewrapSandbox
 
@@ -73,6 +72,9 @@ def test_grader_rejects_bad_submissions_with_a_reason(tmp_path):
     cases = {
         "id,target\n10,0\n11,1\n12,0\n": (True, "accuracy = 0.6667"),
         "id,target\n12,1\n10,0.0\n11,1\n": (True, "accuracy = 1.0000"),  # any row order, 0.0 is class 0
+        # inf is no class (an IntCastingNaNError out of step() before; found by the fuzz)
+        "id,target\n10,inf\n11,1\n12,1.0\n": (True, "accuracy = 0.6667"),
+        "id,target\n10,1e300\n11,1\n12,a\n": (True, "accuracy = 0.3333"),
         "a,b\n1,2\n": (False, "missing column(s) id, target"),
         "id,target\n10,0\n11,1\n": (False, "2 rows, expected 3"),
         "id,target\n10,0\n10,1\n12,1\n": (False, "duplicated ids"),
@@ -229,18 +231,24 @@ def test_ast_instrumenter_places_each_milestone_after_its_statement():
     assert only_prints_added(nested, out, token)[0]
 
 
-def test_milestone_parser_counts_each_once_and_only_with_the_token():
-    out = "\n".join(
-        [
-            marker("t1", "imports"),
-            "hello",
-            marker("t1", "imports"),
-            marker("zz", "model_trained"),
-            marker("t1", "model_trained"),
-        ]
-    )
-    assert parse_milestones(out, "t1") == ["imports", "model_trained"]
-    assert strip_markers(out) == "hello"
+def test_milestone_parser_counts_each_once_and_only_with_the_runs_tag():
+    key, other = b"k" * 32, b"o" * 32
+
+    def line(k: bytes, name: str) -> str:
+        return f"@@agentrl-milestone {name} {tag(k, name)}@@\n"
+
+    out = (
+        line(key, "imports") + "hello\n" + line(key, "imports") + line(other, "model_trained")
+        + marker("t1", "predictions_made") + "\n" + line(key, "model_trained")
+        + f"@@agentrl-milestone data_loaded {'0' * 32}@@\n"
+    )  # fmt: skip
+    assert milestones_seen(out, key) == ["imports", "model_trained"]
+    assert strip_markers(out) == "hello\n"
+    # the tag is HMAC-SHA256(key, name), first 128 bits, as an independent implementation gives it
+    import hashlib
+    import hmac as hmac_module
+
+    assert tag(key, "imports") == hmac_module.new(key, b"imports", hashlib.sha256).hexdigest()[:32]
 
 
 # -- the env --------------------------------------------------------------------------------------
@@ -472,10 +480,12 @@ def test_instrumented_code_keeps_the_agents_line_numbers():
         prints = [n for n in stmts if isinstance(n, ast.Expr) and "@@milestone" in ast.unparse(n)]
         kept = [(type(n).__name__, n.lineno) for n in stmts if n not in prints]
         assert kept == original, result.method
-        assert marshal.loads(result.compile("solution.py")).co_filename == "solution.py"
-    # a crash on line 2 of a three-line program is reported on line 2, after a print was added at line 1
+        assert compile_program(result.tree, token).co_filename == "solution.py"
+    # a crash on line 2 of a three-line program is reported on line 2, after a milestone call at line 1
     program = "import os\nraise ValueError(os.sep)\nx = 1\n"
-    code = marshal.loads(instrument(program, token).compile("solution.py"))
+    code = marshal.loads(marshal.dumps(compile_program(instrument(program, token).tree, token)))
+    calls = []
     with pytest.raises(ValueError) as err:
-        exec(code, {"__name__": "__main__"})
+        exec(code, {"__name__": "__main__", EMITTER: lambda *args: calls.append(args)})
     assert err.traceback[-1].lineno + 1 == 2  # pytest's lineno is 0-based
+    assert calls == [("agentrl.milestone", "imports")]

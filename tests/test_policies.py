@@ -145,8 +145,11 @@ def test_load_weights_bumps_the_version(policy, prompts):
 def test_bad_inputs_are_clear_errors(policy, tmp_path):
     from agentrl.policies import PolicyError
 
-    with pytest.raises(PolicyError, match="not a Hugging Face model directory"):
+    with pytest.raises(PolicyError, match="not found: no such local directory"):
         HFPolicy(str(tmp_path / "missing"))
+    (tmp_path / "no-config").mkdir()
+    with pytest.raises(PolicyError, match="not a Hugging Face model directory"):
+        HFPolicy(str(tmp_path / "no-config"))
     with pytest.raises(ValueError, match="at least one token"):
         policy.generate([[]], SamplingParams())
     with pytest.raises(ValueError, match="max_new_tokens"):

@@ -1,7 +1,8 @@
 """The OpenAI-compatible client against real HTTP servers on 127.0.0.1 (``agentrl serve`` and helpers).
 
 Failure servers are real sockets too: one that refuses connections (a closed port), one that accepts
-and never answers (timeouts), one that fails with 503 before answering (retries).
+and never answers (timeouts); misbehaving servers (429/503 with Retry-After, 4xx) are in
+``test_openai_client_retries.py``.
 """
 
 from __future__ import annotations
@@ -11,14 +12,13 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 torch = pytest.importorskip("torch")
+httpx = pytest.importorskip("httpx")
 
 from agentrl.policies import PolicyError, SamplingParams  # noqa: E402
 from agentrl.policies.hf import HFPolicy  # noqa: E402
@@ -47,15 +47,19 @@ def prompts_of(tokenizer):
 
 
 def test_served_completions_equal_local_generation(server, local_policy):
+    """Prompt i of a call is sampled with seed + i: the local model with those per-row seeds gives the same tokens."""
     client = OpenAIPolicy(server.url, api_key="sekrit")
     assert client.model == "tiny"  # read from /v1/models
     prompts = prompts_of(local_policy.tokenizer)
     sampling = SamplingParams(max_new_tokens=12, temperature=1.0, seed=21, stop=("</action>",))
-    remote, local = client.generate(prompts, sampling), local_policy.generate(prompts, sampling)
+    remote = client.generate(prompts, sampling)
+    local = local_policy.generate(prompts, sampling, seeds=[21, 22])
     for r, lc in zip(remote, local, strict=True):
         assert r.token_ids == lc.token_ids and r.finish_reason == lc.finish_reason
         assert r.logprobs == pytest.approx(lc.logprobs, abs=1e-6)
-        assert r.text == local_policy.tokenizer.decode(lc.token_ids)
+        content = lc.token_ids[:-1] if lc.token_ids[-1] in local_policy.eos_ids else lc.token_ids
+        text = local_policy.tokenizer.decode(content, skip_special_tokens=True)
+        assert r.text == (text[: text.index("</action>") + len("</action>")] if "</action>" in text else text)
 
 
 def test_token_ids_are_read_from_logprob_tokens_when_the_server_has_no_token_ids_field(server, local_policy):
@@ -63,7 +67,7 @@ def test_token_ids_are_read_from_logprob_tokens_when_the_server_has_no_token_ids
     client = OpenAIPolicy(server.url, api_key="sekrit")
     prompt = prompts_of(local_policy.tokenizer)[0]
     body = {"model": "tiny", "prompt": [prompt], "max_tokens": 6, "seed": 3, "logprobs": 1, "return_tokens_as_token_ids": True}
-    reply = client._post("/completions", body)
+    reply = httpx.post(server.url + "/completions", json=body, headers={"Authorization": "Bearer sekrit"}).json()
     choice = reply["choices"][0]
     expected = choice.pop("token_ids")
     completion = client._completion(choice, choice["text"])
@@ -78,24 +82,46 @@ def test_chat_mode_returns_the_assistant_text(server, local_policy):
     prompt = local_policy.tokenizer(text, add_special_tokens=False)["input_ids"]
     (local,) = local_policy.generate([prompt], SamplingParams(max_new_tokens=8, seed=4))
     content = local.token_ids[:-1] if local.finish_reason == "stop" else local.token_ids
-    assert completion.text == local_policy.tokenizer.decode(content)
+    assert completion.text == local_policy.tokenizer.decode(content, skip_special_tokens=True)
     assert completion.token_ids == local.token_ids
+
+
+def test_chat_mode_puts_back_the_stop_string_the_server_cut(server, local_policy):
+    """OpenAI-shaped servers cut the stop string; the agent's parser needs "</action>", and stop_reason says it was hit."""
+    client = OpenAIPolicy(server.url, api_key="sekrit", mode="chat")
+    messages = [{"role": "user", "content": "Open the fridge."}]
+    (free,) = client.generate_messages([messages], SamplingParams(max_new_tokens=24, seed=5))
+    stop = next(free.text[i : i + 2] for i in range(2, len(free.text) - 1) if "\ufffd" not in free.text[i : i + 2] and free.text[i : i + 2].strip())
+    (cut,) = client.generate_messages([messages], SamplingParams(max_new_tokens=24, seed=5, stop=(stop,)))
+    assert cut.text == free.text[: free.text.find(stop)] + stop and cut.finish_reason == "stop"
 
 
 def test_wrong_api_key_is_one_clear_error_without_retries(server):
     start = time.perf_counter()
-    with pytest.raises(PolicyError, match="authentication failed .*HTTP 401.*invalid API key"):
+    with pytest.raises(PolicyError, match="authentication failed .*HTTP 401.*Incorrect API key"):
         OpenAIPolicy(server.url, api_key="wrong", backoff=5.0)
     assert time.perf_counter() - start < 4.0  # no backoff sleep happened
 
 
 def test_unknown_model_and_bad_requests_are_clear_errors(server):
     client = OpenAIPolicy(server.url, model="gpt-17", api_key="sekrit")
-    with pytest.raises(PolicyError, match="HTTP 404: model 'gpt-17' is not served here"):
+    with pytest.raises(PolicyError, match="HTTP 404: The model `gpt-17` does not exist"):
         client.generate([[1, 2]], SamplingParams(max_new_tokens=2))
     good = OpenAIPolicy(server.url, api_key="sekrit")
     with pytest.raises(PolicyError, match="HTTP 400: prompt token ids must be in"):
         good.generate([[10**9]], SamplingParams(max_new_tokens=2))
+
+
+def test_context_overflow_is_that_prompts_truncation_not_an_error(server, local_policy):
+    """A 400 context_length_exceeded ends only that prompt: empty completion, finish "length", meta flag; no retry."""
+    client = OpenAIPolicy(server.url, api_key="sekrit", backoff=5.0)
+    short = prompts_of(local_policy.tokenizer)[0]
+    start = time.perf_counter()
+    ok, over = client.generate([short, [7] * 4095], SamplingParams(max_new_tokens=4, seed=1))
+    assert time.perf_counter() - start < 4.0 and client.stats["retries"] == 0
+    assert ok.token_ids and not ok.meta.get("context_overflow")
+    assert over.token_ids == [] and over.finish_reason == "length" and over.meta["context_overflow"] is True
+    assert "maximum context length is 4096" in over.meta["error"]
 
 
 def free_port() -> int:
@@ -121,42 +147,6 @@ def test_silent_server_times_out():
             client.generate([[1]], SamplingParams())
     finally:
         listener.close()
-
-
-def test_transient_503_is_retried_with_backoff(server):
-    """A proxy that fails twice with 503, then forwards to the real server."""
-    hits = []
-
-    class Flaky(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            return
-
-        def do_POST(self):
-            hits.append(time.perf_counter())
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            if len(hits) <= 2:
-                data, status = json.dumps({"error": {"message": "overloaded"}}).encode(), 503
-            else:
-                request = urllib.request.Request(server.url + "/completions", data=body, method="POST",
-                                                 headers={"Content-Type": "application/json", "Authorization": "Bearer sekrit"})  # fmt: skip
-                with urllib.request.urlopen(request, timeout=30) as reply:
-                    data, status = reply.read(), 200
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    try:
-        client = OpenAIPolicy(f"http://127.0.0.1:{proxy.server_address[1]}", model="tiny", max_retries=3, backoff=0.05)
-        (completion,) = client.generate([[5, 6, 7]], SamplingParams(max_new_tokens=3, seed=1))
-        assert len(completion.token_ids) >= 1 and len(hits) == 3
-        assert hits[1] - hits[0] >= 0.05 and hits[2] - hits[1] >= 0.1  # backoff doubles
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from agentrl.distributed.ray_local import init_ray, shutdown_ray  # noqa: E402
 from agentrl.distributed.weights import latest_version  # noqa: E402
 from agentrl.distributed.worker import WorkerSpec  # noqa: E402
 from agentrl.store import open_store  # noqa: E402
-from agentrl.training.config import LearnerConfig  # noqa: E402
+from agentrl.training.config import LearnerConfig, LoRAConfig  # noqa: E402
 from agentrl.training.learner import Learner  # noqa: E402
 
 TASKS = ["easy/100000", "easy/100001", "easy/100002"]
@@ -34,12 +34,12 @@ def local_ray():
     shutdown_ray(started)
 
 
-def build(tmp_path, model_dir, *, max_staleness, workers=2, store_url=None, **kwargs):
+def build(tmp_path, model_dir, *, max_staleness, workers=2, store_url=None, lora=None, **kwargs):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    learner = Learner(model, LearnerConfig(lr=1e-3, total_steps=10), pad_token_id=model.config.pad_token_id)
+    learner = Learner(model, LearnerConfig(lr=1e-3, total_steps=10, lora=lora), pad_token_id=model.config.pad_token_id)
     store = open_store(store_url or f"sqlite:///{tmp_path / 'store.db'}")
     run_id = store.start_run("async-test", env_id="agentrl/TextWorld-v0", kind="train")
     spec = WorkerSpec(model=model_dir, env="textworld", store=str(store.url.render_as_string(hide_password=False)),
@@ -72,6 +72,7 @@ def test_two_workers_a_learner_a_killed_worker_and_the_staleness_bound(local_ray
         assert u["episodes"] == 4  # 2 groups x group_size 2, whole groups only
         assert 0 <= u["async/max_staleness"] <= 1  # the bound held for every batch
     assert latest_version(tmp_path / "weights") == 3  # every update was published
+    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["LATEST", "v2", "v3"]  # keep max_staleness + 1
     episodes = store.read_episodes(run_id)
     played = [ep for ep in episodes if not ep.meta.get("discarded")]
     assert {ep.meta["worker"] for ep in played} == {0, 1}  # both actors played
@@ -115,4 +116,60 @@ def test_learner_times_out_with_a_clear_message_when_no_fresh_data_arrives(local
     assert failed and all(ep.error.startswith("discarded: rollout worker 0 failed") for ep in failed)
     assert learner.step == 0
     assert driver.actors == []  # cleaned up
+    store.close()
+
+
+FIXED_IDS = [5, 17, 42, 9, 300, 7, 1, 64, 128]
+
+
+def merged_logprobs(learner) -> torch.Tensor:
+    import copy
+
+    merged = copy.deepcopy(learner.model).merge_and_unload()
+    with torch.no_grad():
+        return torch.log_softmax(merged(input_ids=torch.tensor([FIXED_IDS])).logits[0].float(), -1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("max_staleness", [0, 1])
+def test_lora_workers_run_the_learners_merged_weights(local_ray, tmp_path, tiny_chat_model, max_staleness):
+    """LoRA in async training: adapters published in PEFT's format, applied by the worker, equal to the learner's merge."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    driver, learner, store, run_id, updates = build(tmp_path, tiny_chat_model, max_staleness=max_staleness, workers=1,
+                                                    lora=LoRAConfig(r=4, alpha=8))  # fmt: skip
+    with torch.no_grad():  # non-zero adapters from the start (B = 0 would make every comparison below vacuous)
+        for name, param in learner.model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0.0, 0.05)
+    with torch.no_grad():
+        base = torch.log_softmax(
+            AutoModelForCausalLM.from_pretrained(tiny_chat_model)(input_ids=torch.tensor([FIXED_IDS])).logits[0], -1
+        )
+    checks = []
+
+    def check_worker(summary):
+        updates.append(summary)
+        actor = driver.actors[0]
+        assert ray.get(actor.refresh.remote(), timeout=300) == learner.step  # picked up the version just published
+        worker = torch.tensor(ray.get(actor.next_token_logprobs.remote(FIXED_IDS), timeout=300))
+        expected = merged_logprobs(learner)
+        checks.append((learner.step, (worker - expected).abs().max().item(), (expected - base).abs().max().item()))
+
+    driver.on_update = check_worker
+    driver.run(updates=2)
+    assert [c[0] for c in checks] == [1, 2]
+    for step, worker_error, adapter_effect in checks:
+        assert worker_error < 1e-5, (step, worker_error)  # the worker computes the learner's merged policy
+        assert adapter_effect > 1e-2, (step, adapter_effect)  # and that policy is not the base model's
+    played = store.read_episodes(run_id)
+    assert {ep.policy_version for ep in played} >= {0, 1}  # episodes were played with published adapters
+    weights_dir = tmp_path / "weights"
+    assert sorted(p.name for p in weights_dir.iterdir()) == ["LATEST", *[f"v{v}" for v in range(2 - max_staleness, 3)]]
+    assert sorted(p.name for p in (weights_dir / "v2").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_chat_model), weights_dir / "v2")
+    with torch.no_grad():
+        via_peft = torch.log_softmax(peft_model(input_ids=torch.tensor([FIXED_IDS])).logits[0].float(), -1)
+    torch.testing.assert_close(via_peft, merged_logprobs(learner), atol=1e-5, rtol=0)
     store.close()

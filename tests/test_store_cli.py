@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 from agentrl.cli import app
 from agentrl.store import SCHEMA_HEAD, StoreError, codec, open_store, upgrade_schema
 from agentrl.store.models import SCHEMA_REVISIONS, Base
+from agentrl.testing import installed_cli
 
 runner = CliRunner()
 
@@ -297,3 +299,102 @@ def test_eval_records_every_episode_and_store_commands_read_them(tmp_path):
     dataset = datasets.load_from_disk(str(tmp_path / "dataset"))
     assert len(dataset) == 4 and dataset[0]["messages"][1] == {"role": "assistant", "content": pairs[0][1].steps[0].action}
     assert os.path.exists(tmp_path / "runs.db")
+
+
+# --- stores the file system refuses: full, read-only ----------------------------------------------
+AGENTRL = installed_cli()
+needs_mounts = pytest.mark.skipif(
+    shutil.which("unshare") is None or os.geteuid() != 0, reason="needs root and unshare to mount a private tmpfs"
+)
+
+
+def in_private_mount(script: str, mountpoint: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run ``script`` (sh; ``$1`` = ``mountpoint``, ``$2`` = the agentrl script, then ``args``) in a
+    mount namespace of its own: the tmpfs it mounts exists only for it and goes away with it."""
+    mountpoint.mkdir()
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+                           str(mountpoint), AGENTRL, *args], capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+@needs_mounts
+@pytest.mark.parametrize(("free_kb", "detail"), [(0, "database or disk is full"), (12, "disk I/O error")])
+def test_creating_a_store_on_a_full_disk_is_one_line_and_leaves_no_file(tmp_path, free_kb, detail):
+    script = """
+    mount -t tmpfs -o size=64k tmpfs "$1" || exit 99
+    dd if=/dev/zero of="$1/fill" bs=1k count=$((64 - $3)) 2>/dev/null
+    "$2" eval textworld --agent expert --episodes 1 --store "$1/runs.db" >/dev/null
+    echo "rc=$?"
+    ls -A "$1"
+    """
+    done = in_private_mount(script, tmp_path / "mnt", str(free_kb))
+    assert done.stdout.split() == ["rc=2", "fill"], (done.stdout, done.stderr)  # exit 2, and no store file left
+    first, hint = done.stderr.strip().splitlines()
+    assert first == f"error: cannot open SQLite store {tmp_path / 'mnt' / 'runs.db'}: {detail}"
+    assert hint.startswith("hint: ") and "df -h" in hint
+
+
+def _store_with_one_episode(path: Path, observation: str = "You are in a kitchen.", action: str = "open fridge",
+                            task_id: str = "easy/1", error: str | None = None) -> None:
+    from agentrl.trajectory import Episode, Step
+
+    episode = Episode(env_id="agentrl/TextWorld-v0", task_id=task_id, split="valid", seed=0, agent="expert",
+                      first_observation=observation, error=error,
+                      steps=[Step(observation, action, reward=1.0, terminated=True)], won=True, progress=1.0)  # fmt: skip
+    with open_store(path) as store:
+        store.write_episode(store.start_run("kept run"), episode)
+
+
+@needs_mounts
+def test_a_store_on_a_read_only_mount_can_be_read(tmp_path):
+    source = tmp_path / "runs.db"
+    _store_with_one_episode(source)
+    assert not Path(f"{source}-wal").exists()  # closed cleanly: everything is in the main file
+    script = """
+    mount -t tmpfs tmpfs "$1" && cp "$3" "$1/runs.db" && mount -o remount,ro "$1" || exit 99
+    COLUMNS=200 "$2" store ls --store "sqlite:///$1/runs.db"; echo "rc=$?"
+    COLUMNS=200 "$2" store show 1 --episode 1 --store "$1/runs.db"; echo "rc=$?"
+    "$2" store export 1 --format jsonl --output "$4" --store "$1/runs.db"; echo "rc=$?"
+    "$2" eval textworld --agent expert --episodes 1 --store "$1/runs.db" >/dev/null; echo "rc=$?"
+    ls -A "$1"
+    """
+    exported = tmp_path / "episodes.jsonl"
+    done = in_private_mount(script, tmp_path / "mnt", str(source), str(exported))
+    out = done.stdout
+    assert [line for line in out.splitlines() if line.startswith("rc=")] == ["rc=0", "rc=0", "rc=0", "rc=2"], (out, done.stderr)
+    assert "│  1 │ kept run │ eval │" in out and "> open fridge" in out and "won: return 1.000" in out
+    assert json.loads(exported.read_text())["steps"][0]["action"] == "open fridge"
+    assert out.strip().splitlines()[-1] == "runs.db"  # nothing written beside it (no -wal, no -shm)
+    first, hint = done.stderr.strip().splitlines()  # the writer is refused in one line
+    assert first.startswith(f"error: cannot open SQLite store {tmp_path / 'mnt' / 'runs.db'}: ")
+    assert hint == "hint: the store cannot be written here (read-only file system or directory); reading it works"
+
+
+# --- text from envs and agents never drives the terminal ------------------------------------------
+def test_store_show_neutralises_terminal_escapes(tmp_path):
+    """An observation that clears the screen and retitles the window, an action with a carriage return
+    and a bidi override: `store show` prints them as visible escapes, and Rich markup in a task id as text."""
+    path = tmp_path / "runs.db"
+    _store_with_one_episode(path, observation="\x1b[2J\x1b]0;owned\x07room", action="go\rnorth\u202e",
+                            task_id="[bold red]easy/1", error="boom\x1b[8m")  # fmt: skip
+    env = {**os.environ, "COLUMNS": "200"}
+    shown = subprocess.run([AGENTRL, "store", "show", "1", "--episode", "1", "--store", str(path)],
+                           capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert not set("\x1b\x07\r\u202e") & set(shown.stdout)
+    assert "\\x1b[2J\\x1b]0;owned\\x07room" in shown.stdout and "> go\\rnorth\\u202e" in shown.stdout
+    assert "task [bold red]easy/1" in shown.stdout and "error: boom\\x1b[8m" in shown.stdout
+    listed = subprocess.run([AGENTRL, "store", "show", "1", "--store", str(path)], capture_output=True, text=True,
+                            timeout=120, env=env)  # fmt: skip
+    assert listed.returncode == 0 and "\x1b" not in listed.stdout
+    assert "[bold red]easy/1" in listed.stdout and "boom\\x1b[8m" in listed.stdout
+
+
+def test_printable_escapes_exactly_the_terminal_controls():
+    from agentrl.cli.common import printable
+
+    kept = "line one\n\ttab, ünïcödé, 中文, emoji \U0001f600, zero-width joiner \u200d"
+    assert printable(kept) == kept
+    assert printable("\x1b[31mred\x1b[0m") == "\\x1b[31mred\\x1b[0m"
+    assert printable("a\rb\x00c\x7fd\x9be") == "a\\rb\\x00c\\x7fd\\x9be"  # CR, NUL, DEL, 8-bit CSI
+    assert printable("abc\u202edef\u2066x\u200f") == "abc\\u202edef\\u2066x\\u200f"
+    assert printable("\x0b\x0c\x08") == "\\v\\f\\x08"

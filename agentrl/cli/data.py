@@ -4,7 +4,7 @@ Each environment that needs downloaded data provides a module ``agentrl.environm
 with two functions:
 
 * ``fetch(dest: pathlib.Path | None) -> pathlib.Path``: download into ``dest`` (or the env's
-  default root) and return the root; raise ``agentrl.cli.common.UserError`` with what to do
+  default root) and return the root; raise ``agentrl.errors.UserError`` with what to do
   when the network or a tool is missing;
 * ``check(root: pathlib.Path | None) -> dict[str, object]``: what a data root holds (per split).
 """
@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from agentrl.cli.common import UserError, console
+from agentrl.cli.common import UserError, console, printable_text
 
 app = typer.Typer(help="Fetch and check benchmark data.", no_args_is_help=True)
 
@@ -49,5 +49,5 @@ def check_cmd(
 ) -> None:
     """Report what a data root holds, per split."""
     report = _module(name).check(root)
-    for key, value in report.items():
-        console.print(f"{key}: {value}")
+    for key, value in report.items():  # names and counts read from downloaded files: shown, never obeyed
+        console.print(printable_text(f"{key}: {value}"))

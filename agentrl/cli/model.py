@@ -3,60 +3,62 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from agentrl.cli.common import UserError, console
 
+if TYPE_CHECKING:
+    from agentrl.cli.eval_options import EvalOptions
+
 
 def load_model_for_eval(spec: str, *, tokenizer: str | None, api_key: str | None, seed: int) -> tuple[Any, Any]:
-    """Load a policy; a missing path or an unreachable server is one :class:`UserError` line."""
+    """Load a policy; a missing path or an unreachable server is one line with a hint."""
     from agentrl.policies.base import PolicyError
     from agentrl.policies.loading import load_policy
 
     try:
         return load_policy(spec, tokenizer=tokenizer, api_key=api_key, seed=seed)
     except PolicyError as exc:
-        raise UserError(str(exc), hint="--model takes a local HF model directory, vllm:PATH or an http(s) URL") from None
+        hint = exc.hint or "--model takes a local HF model directory, a Hub id (ORG/NAME), vllm:MODEL or an http(s) URL"
+        raise UserError(str(exc), hint=hint) from exc
+
+
+def check_chat_tokenizer(tokenizer: Any, what: str) -> None:
+    """A model agent renders prompts with the tokenizer's chat template: refuse a tokenizer without one."""
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None) is None:
+        raise UserError(f"the {what}'s tokenizer has no chat template",
+                        hint="use an instruction-tuned model, or set tokenizer.chat_template and save it")  # fmt: skip
 
 
 def run_model_eval(
+    opts: EvalOptions,
     env_id: str,
     instance: Any,
     policy: Any,
     tokenizer: Any,
     *,
     split: str,
-    episodes: int | None,
-    group_size: int,
-    seed: int,
+    panel: list[str],
     env_kwargs: dict[str, Any],
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
-    parallel: int,
-    layout: str,
-    history: int | None,
     on_episode: Callable[[Any], Any],
-    admissible_only: bool = False,
 ):
-    """Evaluate ``policy`` on the panel through the collector; returns ``(EvalReport, model details)``."""
+    """Evaluate ``policy`` on ``panel`` through the collector; returns ``(EvalReport, model details)``."""
     import agentrl
-    from agentrl.agents.llm import ACTION_STOP, LLMAgent, prompt_format_for
+    from agentrl.agents.llm import LLMAgent, prompt_format_for
     from agentrl.evaluation import evaluate_model
-    from agentrl.policies.base import PolicyError, SamplingParams
+    from agentrl.policies.base import PolicyError
 
-    panel = instance.task_ids(split)
-    panel = panel[:episodes] if episodes is not None else panel
-    try:
-        sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=(ACTION_STOP,))
-        agent = LLMAgent(tokenizer, prompt_format_for(env_id), layout=layout, history=history,  # type: ignore[arg-type]
-                         admissible_only=admissible_only)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    if admissible_only and not policy.capabilities.constrained:
-        raise UserError(f"--admissible-only needs a local Hugging Face model; {type(policy).__name__} has no constrained decoding")
+    prompt_format = prompt_format_for(env_id)
+    check_chat_tokenizer(tokenizer, "model")
+    if opts.admissible_only:
+        if not policy.capabilities.constrained:
+            raise UserError(f"--admissible-only needs a local Hugging Face model; {type(policy).__name__} has no constrained decoding")
+        if tokenizer is None or not prompt_format.list_admissible:
+            raise UserError(f"--admissible-only needs the admissible actions in the prompt; {env_id}'s prompt does not list them")
+    agent = LLMAgent(tokenizer, prompt_format, layout=opts.layout, history=opts.history,  # type: ignore[arg-type]
+                     admissible_only=opts.admissible_only)  # fmt: skip
     spare = [instance]  # the CLI's own instance is the first env; more are made as needed
 
     def env_fn():
@@ -64,36 +66,46 @@ def run_model_eval(
 
     try:
         return evaluate_model(
-            env_fn, policy, agent, env_id=env_id, split=split, panel=panel, sampling=sampling, group_size=group_size,
-            seed=seed, max_parallel=parallel, env_kwargs=env_kwargs, on_episode=on_episode,
+            env_fn, policy, agent, env_id=env_id, split=split, panel=panel, sampling=opts.sampling(),
+            group_size=opts.group_size, seed=opts.seed, max_parallel=opts.parallel, env_kwargs=env_kwargs,
+            on_episode=on_episode,
         )  # fmt: skip
     except PolicyError as exc:
-        raise UserError(str(exc), hint="is the model server up and the model name right?") from None
+        raise UserError(str(exc), hint=exc.hint or "is the model server up and the model name right?") from exc
 
 
 def serve(
-    model: Annotated[str, typer.Argument(help="Local Hugging Face model directory to serve.")],
+    model: Annotated[str, typer.Argument(help="Hugging Face model to serve: a local directory or a Hub id (ORG/NAME).")],
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0 = any free port).")] = 8000,
     api_key: Annotated[str | None, typer.Option(help="Require this bearer token.")] = None,
     name: Annotated[str | None, typer.Option(help="Model name the API reports (default: the path).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the server's sampling generator.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the server's sampling generator (requests without a seed).")] = 0,
+    max_batch_rows: Annotated[int, typer.Option(help="Most sequences concurrent requests share in one generate call.")] = 64,
 ) -> None:
-    """Serve a local model over an OpenAI-compatible API (/v1/models, /v1/completions, /v1/chat/completions)."""
-    from agentrl.policies.base import PolicyError
+    """Serve a Hugging Face model (directory or Hub id) over an OpenAI-compatible API (/v1/models, /v1/completions,
+    /v1/chat/completions).
+
+    FastAPI + uvicorn; concurrent requests are batched into one generate call; streaming, n, seed,
+    stop, logprobs/top_logprobs as OpenAI; token ids in every choice (vLLM's return_token_ids).
+    """
     from agentrl.policies.hf import HFPolicy
     from agentrl.policies.server import PolicyServer
 
     try:
-        policy = HFPolicy(model, device=device, seed=seed, name=name)
-    except PolicyError as exc:
-        raise UserError(str(exc), hint="pass a directory with config.json and tokenizer files") from None
-    server = PolicyServer(policy, host=host, port=port, api_key=api_key, model_name=name or model)
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise UserError("agentrl serve needs FastAPI and uvicorn", hint="pip install 'agentrl[serve]'") from None
+    policy = HFPolicy(model, device=device, seed=seed, name=name)  # a bad path is a PolicyError with a hint
+    try:
+        server = PolicyServer(policy, host=host, port=port, api_key=api_key, model_name=name or model,
+                              max_batch_rows=max_batch_rows)  # fmt: skip
+    except OSError as exc:  # the bind: address in use, a privileged port, an address not on this machine
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", hint="choose another --port (0 = any free one)") from exc
     console.print(f"serving {server.model_name} at {server.url} (Ctrl-C to stop)", highlight=False)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
-    finally:
-        server.httpd.server_close()

@@ -1,4 +1,4 @@
-"""``agentrl sandbox check`` and ``agentrl sandbox run``."""
+"""``agentrl sandbox check``, ``agentrl sandbox run`` and ``agentrl sandbox cleanup``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ from typing import Annotated
 
 import typer
 
-from agentrl.cli.common import UserError, console
+from agentrl.cli.common import UserError, console, printable
+from agentrl.sandboxes.base import Limits
+
+_DEFAULTS = Limits()
 
 app = typer.Typer(
     help="Code-execution sandboxes: which backends work here, run a command in one.", no_args_is_help=True
@@ -42,9 +45,15 @@ def check_cmd(docker_url: DockerUrl = None) -> None:
 def run_cmd(
     command: Annotated[list[str], typer.Argument(help="The command and its arguments (after --).")],
     backend: Annotated[str, typer.Option(help="auto, docker or bubblewrap.")] = "auto",
-    timeout: Annotated[float, typer.Option(help="Wall-clock limit in seconds.")] = 60.0,
-    memory: Annotated[int, typer.Option(help="Memory limit in MB.")] = 1024,
-    pids: Annotated[int, typer.Option(help="Process limit.")] = 128,
+    timeout: Annotated[float, typer.Option(help="Wall-clock limit in seconds.")] = _DEFAULTS.timeout_s,
+    memory: Annotated[
+        int, typer.Option(help="Memory limit in MB (files written count too).")
+    ] = _DEFAULTS.memory_mb,
+    pids: Annotated[int, typer.Option(help="Process limit.")] = _DEFAULTS.pids,
+    disk_mb: Annotated[int, typer.Option(help="Size limit of workspace + /tmp in MB.")] = _DEFAULTS.disk_mb,
+    inodes: Annotated[
+        int, typer.Option(help="Files + directories limit of workspace + /tmp.")
+    ] = _DEFAULTS.inodes,
     workspace: Annotated[
         Path | None,
         typer.Option(help="Directory mounted read-write at /workspace (default: a temporary one)."),
@@ -53,12 +62,14 @@ def run_cmd(
     docker_url: DockerUrl = None,
 ) -> None:
     """Run one command in a sandbox and print its result; exits with the command's exit code."""
-    from agentrl.sandboxes import Limits, SandboxUnavailable, get_sandbox
+    from agentrl.sandboxes import BACKENDS, Limits, SandboxUnavailable, get_sandbox
 
+    if backend not in ("auto", *BACKENDS):
+        raise UserError(f"unknown sandbox backend {backend!r}", hint=f"choose one of auto, {', '.join(BACKENDS)}")
     if not command:
         raise UserError("no command given", hint="agentrl sandbox run -- python -c 'print(1)'")
     try:
-        limits = Limits(timeout_s=timeout, memory_mb=memory, pids=pids)
+        limits = Limits(timeout_s=timeout, memory_mb=memory, pids=pids, disk_mb=disk_mb, inodes=inodes)  # checks the user's values
     except ValueError as exc:
         raise UserError(str(exc)) from None
     try:
@@ -79,12 +90,26 @@ def run_cmd(
         print(json.dumps(data))
     else:
         if result.stdout:
-            console.out(result.stdout, end="", highlight=False)
+            console.out(printable(result.stdout), end="", highlight=False)
         if result.stderr:
-            console.out(result.stderr, end="", style="red", highlight=False)
+            console.out(printable(result.stderr), end="", style="red", highlight=False)
         console.print(
             f"[dim]{result.backend}: {result.reason}, exit code {result.exit_code}, {result.duration_s:.2f} s[/]",
             highlight=False,
         )
     if result.exit_code != 0:  # SystemExit, not typer.Exit: click swallows Exit codes when not standalone
         raise SystemExit(result.exit_code if result.exit_code is not None else 124)
+
+
+@app.command("cleanup")
+def cleanup_cmd(docker_url: DockerUrl = None) -> None:
+    """Repair what a killed `sandbox run` or training process left: containers, mounted workspaces, cgroups.
+
+    Every sandbox does this when it starts; sandboxes of processes that still run are left alone.
+    """
+    from agentrl.sandboxes import cleanup_stale
+
+    done = cleanup_stale(docker_url)
+    for line in done:
+        console.print(printable(line), highlight=False, markup=False, soft_wrap=True)
+    console.print(f"{len(done)} repaired" if done else "nothing to repair", highlight=False)

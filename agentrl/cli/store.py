@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from agentrl.cli.common import UserError, console
+from agentrl.cli.common import UserError, check_output_path, console, printable, printable_text
 
 app = typer.Typer(help="List, show, export and upgrade trajectory stores.", no_args_is_help=True)
 
@@ -30,25 +30,18 @@ DEFAULT_STORE = "sqlite:///agentrl.db"
 
 @contextlib.contextmanager
 def user_errors(url: str | None = None) -> Iterator[None]:
-    """Store problems are the user's to fix: report them as one line plus a hint.
-
-    A database error met after opening (a page corrupted under a healthy header, a server that went
-    away) is reported the same way.
-    """
+    """A database error met after opening (a page corrupted under a healthy header, a server that
+    went away) is a :class:`~agentrl.store.StoreError` line like the errors met while opening."""
     from sqlalchemy.exc import DBAPIError
 
-    from agentrl.store import StoreError
     from agentrl.store.engine import database_error, parse_url
 
     try:
         yield
-    except StoreError as exc:
-        raise UserError(str(exc), hint=exc.hint) from None
     except DBAPIError as exc:
         if url is None:
             raise
-        error = database_error(parse_url(url), exc)
-        raise UserError(str(error), hint=error.hint) from None
+        raise database_error(parse_url(url), exc) from exc
 
 
 @contextlib.contextmanager
@@ -75,17 +68,17 @@ def ls_cmd(store: StoreOpt = DEFAULT_STORE) -> None:
     with _open(store) as opened:
         runs = opened.runs()
     if not runs:
-        console.print(f"no runs in {store}")
+        console.print(f"no runs in {printable(store)}", highlight=False, markup=False)
         return
-    table = Table(title=f"runs in {store}")
+    table = Table(title=printable_text(f"runs in {store}"))
     for column in ("id", "name", "kind", "env", "episodes", "steps", "success", "mean return", "created"):
         table.add_column(column, justify="right" if column in ("id", "episodes", "steps", "success") else "left")
     for run in runs:
         success = f"{run.won / run.episodes:.3f}" if run.episodes else "-"
         mean_return = f"{run.mean_return:.3f}" if run.mean_return is not None else "-"
         table.add_row(
-            str(run.id), run.name, run.kind, run.env_id or "-", str(run.episodes), str(run.steps), success, mean_return,
-            _when(run.created_at),
+            str(run.id), printable_text(run.name), printable_text(run.kind), printable_text(run.env_id or "-"),
+            str(run.episodes), str(run.steps), success, mean_return, _when(run.created_at),
         )  # fmt: skip
     console.print(table)
 
@@ -107,28 +100,29 @@ def show_cmd(
             _print_transcript(episode, opened.get_episode(episode))
             return
         pairs = list(opened.iter_episodes(info.id, limit=limit, with_ids=True))
-    console.print(f"[bold]run {info.id}[/] {info.name} ({info.kind}, {info.env_id or '-'}), created {_when(info.created_at)}")
+    console.print(printable_text(f"run {info.id} {info.name} ({info.kind}, {info.env_id or '-'}), created {_when(info.created_at)}"))
     if info.config:
-        console.print(f"config: {info.config}", highlight=False, markup=False)
+        console.print(printable_text(f"config: {info.config}"))
     table = Table(title=f"{len(pairs)} of {info.episodes} episodes")
     for column in ("episode", "task", "seed", "group", "agent", "turns", "return", "won", "progress", "error"):
         table.add_column(column)
     for episode_id, ep in pairs:
         table.add_row(
-            str(episode_id), ep.task_id, str(ep.seed), ep.group_id or "-", ep.agent, str(ep.turns),
-            f"{ep.episode_return:.3f}", "yes" if ep.won else "no", f"{ep.progress:.2f}", ep.error or "",
+            str(episode_id), printable_text(ep.task_id), str(ep.seed), printable_text(ep.group_id or "-"),
+            printable_text(ep.agent), str(ep.turns), f"{ep.episode_return:.3f}", "yes" if ep.won else "no",
+            f"{ep.progress:.2f}", printable_text(ep.error or ""),
         )  # fmt: skip
     console.print(table)
 
 
 def _print_transcript(episode_id: int, ep: Any) -> None:
-    console.print(
-        f"[bold]episode {episode_id}[/] {ep.env_id} task {ep.task_id} seed {ep.seed} agent {ep.agent or '-'}"
-        f" policy {ep.policy_version if ep.policy_version is not None else '-'}",
-        highlight=False,
-    )
+    """One episode as it was played. Every text in it came from an env or an agent, so it goes
+    through :func:`printable`: escape sequences in an observation or action show as ``\\x1b[...``."""
+    policy = ep.policy_version if ep.policy_version is not None else "-"
+    console.print(printable_text(f"episode {episode_id} {ep.env_id} task {ep.task_id} seed {ep.seed} "
+                                 f"agent {ep.agent or '-'} policy {policy}"))  # fmt: skip
     if ep.instruction:
-        console.print(f"instruction: {ep.instruction}", highlight=False, markup=False)
+        console.print(printable_text(f"instruction: {ep.instruction}"))
     total = 0.0
     tokens = ep.turn_tokens()
     for turn, step in enumerate(ep.steps):
@@ -139,17 +133,16 @@ def _print_transcript(episode_id: int, ep: Any) -> None:
             + (" [red]invalid[/]" if step.info.get("invalid_action") else ""),
             highlight=False,
         )
-        console.print(step.observation, highlight=False, markup=False)
-        console.print(f"> {step.action}", style="bold", highlight=False, markup=False)
+        console.print(printable_text(step.observation))
+        console.print(printable_text(f"> {step.action}", style="bold"))
         if turn in tokens:
             view = tokens[turn]
             console.print(f"[dim]{len(view.prompt_ids)} prompt + {len(view.response_ids)} response tokens[/]")
     outcome = "won" if ep.won else ("out of turns" if ep.truncated else "lost")
-    console.print(
-        f"[bold]{outcome}[/]: return {ep.episode_return:.3f}, progress {ep.progress:.2f}, {ep.turns} turns"
-        + (f", error: {ep.error}" if ep.error else ""),
-        highlight=False,
-    )
+    console.print(printable_text(
+        f"{outcome}: return {ep.episode_return:.3f}, progress {ep.progress:.2f}, {ep.turns} turns"
+        + (f", error: {ep.error}" if ep.error else "")
+    ))  # fmt: skip
 
 
 @app.command("export")
@@ -169,9 +162,11 @@ def export_cmd(
         raise UserError(f"unknown level {level!r}", hint="choose step, episode or transcript")
     if format == "jsonl" and level == "step":
         raise UserError("jsonl exports whole episodes", hint="use --format parquet for per-step rows")
-    target = Path(output)
-    if not target.parent.exists():
-        raise UserError(f"directory {target.parent} does not exist")
+    if format == "hf":  # a directory that save_to_disk fills
+        if not Path(output).parent.is_dir():
+            raise UserError(f"--output {output}: directory {Path(output).parent} does not exist")
+    else:
+        check_output_path(output)
     from agentrl.store import export
 
     filters = {"won": won, "agent": agent}
@@ -187,7 +182,7 @@ def export_cmd(
             dataset = export.to_hf_dataset(opened, info.id, level=level or "episode", **filters)
             dataset.save_to_disk(output)
             count, what = len(dataset), f"{level or 'episode'} rows"
-    console.print(f"wrote {count} {what} of run {info.id} ({info.name}) to {output}")
+    console.print(printable_text(f"wrote {count} {what} of run {info.id} ({info.name}) to {output}"))
 
 
 @app.command("upgrade")

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from agentrl.cli.common import UserError, console
+from agentrl.cli.common import UserError, check_output_path, console
 
 
 def recipe_names() -> list[str]:
@@ -55,10 +55,9 @@ def train(
             raise UserError(f"recipe {recipe!r} has no Ray mode", hint="--ray works with recipes that have a 'ray' field, e.g. mle_async")
         overrides = [*(overrides or []), f"ray={ray}"]
     try:
-        cfg = load_config(module.Config, config, overrides)
-    except ConfigError as exc:
-        raise UserError(str(exc), hint=f"`agentrl train {recipe} --show-config` lists the keys") from None
-    module.main(cfg)
+        module.main(load_config(module.Config, config, overrides))
+    except ConfigError as exc:  # a key, a type, or a value the recipe itself refuses (model=PATH missing)
+        raise UserError(str(exc), hint=exc.hint or f"`agentrl train {recipe} --show-config` lists the keys") from exc
 
 
 def plot(
@@ -69,5 +68,7 @@ def plot(
     """Draw learning curves (success rate, return, entropy, loss) of a run to PNG."""
     from agentrl.plotting import plot_run
 
+    if output is not None:
+        check_output_path(output)
     path = plot_run(run, output, metric)
     console.print(f"curves written to {path}")

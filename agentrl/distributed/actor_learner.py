@@ -5,7 +5,8 @@ groups of episodes with the newest weights they have and write each group to the
 transaction. The driver (this process) runs the learner: it follows the store
 (``read_episodes(run_id, policy_versions=(v - max_staleness, v), since_id=...)``), takes whole
 groups until a batch is full, calls ``Learner.update`` and publishes the new weights
-(:mod:`agentrl.distributed.weights`); workers pick them up between groups.
+(:mod:`agentrl.distributed.weights`: safetensors, full weights or, when the learner trains LoRA, only
+the adapters in PEFT's format); workers pick them up between groups.
 
 Off-policy correction: every stored turn carries its behaviour log-probs, and the learner's
 PPO ratio ``pi_theta / pi_behaviour`` is the importance weight, clipped to ``[1 - eps_low,
@@ -91,7 +92,7 @@ class ActorLearner:
         self.worker_cpus, self.worker_gpus, self.poll_interval_s = worker_cpus, worker_gpus, poll_interval_s
         self.on_update = on_update
         self.rng = np.random.default_rng(seed)
-        self.publisher = WeightPublisher(spec.weights_dir, keep=max_staleness + 2)
+        self.publisher = WeightPublisher(spec.weights_dir, keep=max_staleness + 1)
         self.actors: list[Any] = []
         self.inflight: dict[Any, _Call] = {}  # ObjectRef -> call
         self.buffer: list[tuple[int, Episode]] = []  # fresh episodes not trained on yet, id order
@@ -277,7 +278,7 @@ class ActorLearner:
         import ray
 
         try:
-            self.publisher.publish(_full_state(self.learner), self.learner.step)
+            publish_weights(self.publisher, self.learner)
             self.actors = [self._start_worker(i) for i in range(self.n_workers)]
             try:
                 ray.get([actor.pid.remote() for actor in self.actors], timeout=300)  # built and ready
@@ -290,7 +291,7 @@ class ActorLearner:
                 waited = time.perf_counter() - started
                 lags = [self.learner.step - ep.policy_version for ep in batch]
                 metrics = self.learner.update(batch)
-                self.publisher.publish(_full_state(self.learner), self.learner.step)
+                publish_weights(self.publisher, self.learner)
                 summary = {
                     "policy_version": self.learner.step, "episodes": len(batch),
                     "rollout/success_rate": float(np.mean([ep.won for ep in batch])),
@@ -325,7 +326,19 @@ class ActorLearner:
         self.close()
 
 
-def _full_state(learner: Any) -> dict[str, Any]:
-    """The unsharded weights: ``full_state_dict()`` of an FSDP learner (rank 0), else the model's own."""
+def publish_weights(publisher: WeightPublisher, learner: Any) -> None:
+    """Publish ``learner``'s current policy as version ``learner.step``.
+
+    What a learner must offer (the contract the driver relies on): ``step``, and either
+    ``lora_adapter()`` returning ``(tensors, adapter_config)`` when it trains LoRA adapters (only
+    they are published: a few MB instead of the whole model, and vLLM loads them as they are), or
+    ``full_state_dict()`` (an FSDP learner: the unsharded weights, gathered on rank 0), or ``model``
+    (whose ``state_dict()`` is published).
+    """
+    adapter = learner.lora_adapter() if hasattr(learner, "lora_adapter") else None
+    if adapter is not None:
+        tensors, config = adapter
+        publisher.publish_adapter(tensors, config, learner.step)
+        return
     full = getattr(learner, "full_state_dict", None)
-    return full() if full is not None else learner.model.state_dict()
+    publisher.publish(full() if full is not None else learner.model.state_dict(), learner.step)

@@ -3,7 +3,8 @@
 The same class runs in-process (tests, debugging) or as a Ray actor (:func:`remote_worker_class`).
 Weights are picked up **between groups**: at the start of every :meth:`RolloutWorker.collect` call
 the worker loads the newest published version (:mod:`agentrl.distributed.weights`) if it is newer
-than its own, so every turn of an episode comes from one policy version. A group is written to the
+than its own (the first call loads whatever is published, version 0 included, so a worker plays the
+learner's weights from the start), so every turn of an episode comes from one policy version. A group is written to the
 store in one transaction: a worker killed mid-group leaves nothing of it behind (the driver records
 the group as discarded).
 """
@@ -20,7 +21,7 @@ from typing import Any
 class WorkerSpec:
     """Everything a rollout worker needs to build itself in another process (plain, picklable values)."""
 
-    model: str  # Hugging Face model directory of the initial policy (version 0)
+    model: str  # initial policy (version 0): a Hugging Face model directory or Hub id
     env: str  # environment id or alias
     store: str  # trajectory store URL (PostgreSQL when workers run on several machines)
     run_id: int  # the store's run the episodes belong to
@@ -36,6 +37,7 @@ class WorkerSpec:
     max_parallel: int = 8  # live episodes per worker (one batched generate per turn)
     seed: int = 0  # base of the worker's sampling seed (worker i uses seed + 1000 * i)
     torch_threads: int = 1  # intra-op threads per worker (leave cores to the learner)
+    revision: str | None = None  # Hub commit of ``model`` (pins every worker, restarted ones too, to the learner's base)
 
 
 class RolloutWorker:
@@ -52,12 +54,13 @@ class RolloutWorker:
         torch.set_num_threads(max(1, spec.torch_threads))
         self.spec = spec
         self.worker_id = worker_id
-        self.policy = HFPolicy(spec.model, seed=spec.seed + 1000 * worker_id)
+        self.policy = HFPolicy(spec.model, seed=spec.seed + 1000 * worker_id, revision=spec.revision)
         self.agent = LLMAgent(self.policy.tokenizer, prompt_format_for(spec.env), layout=spec.layout,
                               history=spec.history)
         self.entry = agentrl.registry.resolve(spec.env)
         self.store = open_store(spec.store)
         self._collectors: dict[str, Any] = {}
+        self._loaded = False  # until a version is loaded, even version 0 counts as newer
         self.calls = 0
 
     def pid(self) -> int:
@@ -65,14 +68,34 @@ class RolloutWorker:
         return os.getpid()
 
     def refresh(self) -> int:
-        """Load the newest published weights if they are newer than ours; returns our version."""
+        """Load the newest published weights if they are newer than ours; returns our version.
+
+        Full weights replace the model's; LoRA adapters are applied to the base model (see
+        :meth:`~agentrl.policies.hf.HFPolicy.load_adapter`).
+        """
         from agentrl.distributed.weights import load_latest
 
-        loaded = load_latest(self.spec.weights_dir, newer_than=self.policy.version)
-        if loaded is not None:
-            version, state = loaded
-            self.policy.load_weights(state, version)
+        published = load_latest(self.spec.weights_dir, newer_than=self.policy.version if self._loaded else None)
+        if published is None:
+            return self.policy.version
+        if published.is_adapter:
+            self.policy.load_adapter(published.tensors, published.adapter_config, published.version)
+        else:
+            self.policy.load_weights(published.tensors, published.version)
+        self._loaded = True
         return self.policy.version
+
+    def next_token_logprobs(self, token_ids: list[int]) -> Any:
+        """``[len(token_ids), V]`` log-softmax of the worker's current model at every position (float32 numpy).
+
+        Lets a driver check that a worker runs the learner's weights (weight sync) without playing an episode.
+        """
+        import torch
+
+        ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.policy.device)
+        with torch.inference_mode():
+            logits = self.policy.model(input_ids=ids).logits[0].float()
+        return torch.log_softmax(logits, -1).cpu().numpy()
 
     def _collector(self, variant: str):
         import agentrl

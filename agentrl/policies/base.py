@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from agentrl.errors import AgentrlError
+
 FinishReason = Literal["stop", "length"]
 
 
@@ -31,6 +33,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] | None = None  # None = the tokenizer's / model's end-of-sequence ids
     seed: int | None = None  # None = the backend's own running generator
     return_entropies: bool = False  # also return the entropy of the sampling distribution per token
+    top_logprobs: int = 0  # also return the k most likely tokens of each step's distribution (ids, logprobs)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -41,6 +44,8 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.top_logprobs < 0:
+            raise ValueError(f"top_logprobs must be >= 0, got {self.top_logprobs}")
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         object.__setattr__(self, "stop", tuple(self.stop))
@@ -63,6 +68,13 @@ class Completion:
     decoding was free; the whole field is ``None`` without constraints).
     ``text`` is the decoded completion when the backend has it (a chat endpoint that returns no ids
     has only ``text``, and ``token_ids`` is then ``None``: such completions are for evaluation only).
+    ``top_logprobs[i]`` (with ``SamplingParams.top_logprobs``) lists ``(token_id, logprob)`` of the most
+    likely tokens at step ``i``, most likely first.
+
+    ``meta["context_overflow"] = True`` (with ``finish_reason "length"`` and no tokens) says the prompt
+    did not fit the model's context (a remote server answered HTTP 400 for it): nothing was sampled, and
+    the rollout ends that episode as truncated (``truncated_reason "context_length"``), as it does
+    when its own context check fires first.
     """
 
     token_ids: list[int] | None
@@ -73,6 +85,7 @@ class Completion:
     meta: dict = field(default_factory=dict)
     loss_mask: list[int] | None = None
     allowed: list[list[int] | None] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -107,5 +120,5 @@ class Policy(Protocol):
         ...
 
 
-class PolicyError(RuntimeError):
+class PolicyError(AgentrlError, RuntimeError):
     """A backend could not serve a request (server down, bad credentials, timeout, bad model path)."""

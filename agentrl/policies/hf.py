@@ -28,21 +28,26 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from agentrl.policies.base import Capabilities, Completion, PolicyError, SamplingParams
 
 
-def load_model_and_tokenizer(path: str, *, device: str, dtype: Any = None):
-    """Load a local model directory; a missing path is one clear :class:`PolicyError`."""
+def load_model_and_tokenizer(path: str, *, device: str, dtype: Any = None, revision: str | None = None):
+    """Load a model and its tokenizer from a local directory or a Hugging Face Hub id.
+
+    ``path`` follows :func:`agentrl.policies.sources.model_source` (a Hub id goes through
+    huggingface_hub's cache and honours ``HF_HUB_OFFLINE``); ``revision`` pins a Hub commit. A model
+    that cannot be found or loaded is one clear :class:`PolicyError`.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not Path(path).is_dir() or not (Path(path) / "config.json").exists():
-        raise PolicyError(f"model path {path!r} is not a Hugging Face model directory (no config.json there)")
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    from agentrl.policies.sources import load_pretrained
+
+    tokenizer = load_pretrained(AutoTokenizer, path, revision=revision)
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
+    model = load_pretrained(AutoModelForCausalLM, path, revision=revision, **kwargs).to(device)
     model.eval()
     return model, tokenizer
 
@@ -50,7 +55,8 @@ def load_model_and_tokenizer(path: str, *, device: str, dtype: Any = None):
 class HFPolicy:
     """A transformers causal LM as a :class:`~agentrl.policies.base.Policy`.
 
-    ``model`` is a local directory or an already-built ``PreTrainedModel`` (then pass ``tokenizer``).
+    ``model`` is a local directory, a Hugging Face Hub id (``ORG/NAME``, pinned to a commit by
+    ``revision``) or an already-built ``PreTrainedModel`` (then pass ``tokenizer``).
     ``max_batch_size`` splits large requests into chunks (memory bound on the GPU).
     """
 
@@ -66,13 +72,14 @@ class HFPolicy:
         max_batch_size: int | None = None,
         seed: int = 0,
         name: str | None = None,
+        revision: str | None = None,
     ):
         import torch
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if isinstance(model, str | os.PathLike):
             self.name = name or str(model)
-            self.model, loaded_tokenizer = load_model_and_tokenizer(str(model), device=device, dtype=dtype)
+            self.model, loaded_tokenizer = load_model_and_tokenizer(str(model), device=device, dtype=dtype, revision=revision)
             tokenizer = tokenizer or loaded_tokenizer
         else:
             self.name = name or type(model).__name__
@@ -84,6 +91,7 @@ class HFPolicy:
         self.static_cache = (self.device.type == "cuda") if static_cache is None else static_cache
         self.max_batch_size = max_batch_size
         self.version = 0
+        self._adapter: tuple[Any, dict[str, Any]] | None = None  # (PEFT wrapper, adapter config) once load_adapter ran
         self._generator = torch.Generator(device=self.device).manual_seed(seed)
         self._decode_forward = torch.compile(self.model.forward, dynamic=False) if compile else self.model.forward
         self.pad_id = self._pad_id()
@@ -92,8 +100,40 @@ class HFPolicy:
     # -- weights ------------------------------------------------------------------------------
 
     def load_weights(self, state_dict: dict[str, Any], version: int | None = None) -> None:
-        """Take new weights from a learner; ``version`` (default: +1) is recorded on later rollouts."""
+        """Take new full weights from a learner; ``version`` (default: +1) is recorded on later rollouts."""
+        if self._adapter is not None:
+            raise PolicyError("this policy runs LoRA adapters on its base model; load adapters, not full weights")
         self.model.load_state_dict(state_dict, strict=True)
+        self.version = self.version + 1 if version is None else int(version)
+
+    def load_adapter(self, tensors: dict[str, Any], adapter_config: dict[str, Any], version: int | None = None) -> None:
+        """Run LoRA adapters (PEFT's saved format) on the base model; later calls replace the adapter weights.
+
+        ``tensors`` are keyed as in PEFT's ``adapter_model.safetensors`` and ``adapter_config`` is its
+        ``adapter_config.json``. The first call injects the adapter layers into ``self.model`` with
+        PEFT (in place, so generation code keeps calling the same model); every call then copies the
+        adapter weights in, strictly (a missing or unknown adapter tensor is an error). The adapters
+        stay unmerged, so the base weights are never rewritten and repeated updates cannot drift.
+        """
+        import peft
+        from peft.utils import set_peft_model_state_dict
+
+        config = {k: v for k, v in adapter_config.items() if k not in _ADAPTER_CONFIG_IGNORED}
+        if self._adapter is None:
+            peft_config = peft.PeftConfig.from_peft_type(**{**adapter_config, "inference_mode": True})
+            self._adapter = (peft.PeftModel(self.model, peft_config), config)  # injects the layers into self.model
+        wrapper, applied = self._adapter
+        if config != applied:
+            changed = sorted(k for k in set(config) | set(applied) if config.get(k) != applied.get(k))
+            raise PolicyError(f"adapter configuration changed between versions ({', '.join(changed)}); restart the policy")
+        expected = {k for k in wrapper.state_dict() if "lora_" in k}
+        result = set_peft_model_state_dict(wrapper, tensors)
+        missing = sorted(expected & set(result.missing_keys))
+        if result.unexpected_keys or missing:
+            raise PolicyError(
+                f"adapter does not fit the model: unexpected {list(result.unexpected_keys)[:3]}, missing {missing[:3]}"
+            )
+        self.model.eval()
         self.version = self.version + 1 if version is None else int(version)
 
     # -- generation -----------------------------------------------------------------------------
@@ -101,13 +141,25 @@ class HFPolicy:
     capabilities = Capabilities(entropies=True, constrained=True)
 
     def generate(
-        self, prompts: list[list[int]], sampling: SamplingParams, *, choices: list[list[list[int]] | None] | None = None
+        self,
+        prompts: list[list[int]],
+        sampling: SamplingParams,
+        *,
+        choices: list[list[list[int]] | None] | None = None,
+        seeds: list[int | None] | None = None,
+        on_token: Callable[[int, int], None] | None = None,
     ) -> list[Completion]:
         """One completion per prompt (see :class:`~agentrl.policies.base.Policy`).
 
         ``choices[i]``, when given and not empty, lists the completions prompt ``i`` may produce
         (token-id sequences, none a prefix of another): decoding is restricted to them (see the
         module docstring). ``None`` or an empty list leaves that prompt unconstrained.
+
+        ``seeds[i]`` gives row ``i`` its own generator (``None``: the policy's running one), so a row's
+        sample does not depend on which other rows share the batch: the OpenAI-compatible server
+        batches concurrent requests and still answers a seeded request as if it had run alone.
+        ``sampling.seed`` is then ignored. ``on_token(i, token_id)`` is called for each token as row
+        ``i`` samples it (streaming), from the calling thread.
         """
         import torch
 
@@ -117,8 +169,15 @@ class HFPolicy:
             raise ValueError("every prompt needs at least one token")
         if choices is not None and len(choices) != len(prompts):
             raise ValueError(f"choices must have one entry per prompt: {len(choices)} for {len(prompts)} prompts")
-        generator = self._generator
-        if sampling.seed is not None:
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"seeds must have one entry per prompt: {len(seeds)} for {len(prompts)} prompts")
+        generator: Any = self._generator
+        if seeds is not None:
+            generator = [
+                self._generator if seed is None else torch.Generator(device=self.device).manual_seed(int(seed))
+                for seed in seeds
+            ]
+        elif sampling.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(int(sampling.seed))
         chunk = self.max_batch_size or len(prompts)
         out: list[Completion] = []
@@ -126,7 +185,11 @@ class HFPolicy:
             constraint = None
             if choices is not None:
                 constraint = ChoiceConstraint(choices[start : start + chunk], max_tokens=sampling.max_new_tokens)
-            out.extend(self._generate_batch(prompts[start : start + chunk], sampling, generator, constraint))
+            rows = generator[start : start + chunk] if isinstance(generator, list) else generator
+            callback = None
+            if on_token is not None:
+                callback = (lambda offset: (lambda row, token: on_token(offset + row, token)))(start)
+            out.extend(self._generate_batch(prompts[start : start + chunk], sampling, rows, constraint, callback))
         return out
 
     @property
@@ -134,7 +197,8 @@ class HFPolicy:
         return int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
 
     def _generate_batch(
-        self, prompts: list[list[int]], sampling: SamplingParams, generator, constraint: ChoiceConstraint | None = None
+        self, prompts: list[list[int]], sampling: SamplingParams, generator, constraint: ChoiceConstraint | None = None,
+        on_token: Callable[[int, int], None] | None = None,
     ) -> list[Completion]:
         import torch
 
@@ -160,6 +224,9 @@ class HFPolicy:
 
         logprobs = torch.zeros((batch, max_new), dtype=torch.float32, device=self.device)
         entropies = torch.zeros((batch, max_new), dtype=torch.float32, device=self.device)
+        top_k = sampling.top_logprobs
+        top_values = torch.zeros((batch, max_new, top_k), dtype=torch.float32, device=self.device) if top_k else None
+        top_ids = torch.zeros((batch, max_new, top_k), dtype=torch.long, device=self.device) if top_k else None
         done = torch.zeros(batch, dtype=torch.bool, device=self.device)
         lengths = [0] * batch
         reasons = ["length"] * batch
@@ -186,10 +253,12 @@ class HFPolicy:
                             host_free[row].append(int(free))
                             host_allowed[row].append(allowed_ids[row])
                     allowed = allowed.to(self.device)
-                token, token_logprob, entropy = _sample(logits, sampling, generator, allowed)
+                token, token_logprob, entropy, logp = _sample(logits, sampling, generator, allowed, return_logp=True)
                 token = torch.where(done, torch.full_like(token, self.pad_id), token)
                 logprobs[:, step] = token_logprob
                 entropies[:, step] = entropy
+                if top_k:
+                    top_values[:, step], top_ids[:, step] = torch.topk(logp, min(top_k, logp.shape[-1]), dim=-1)
                 hit_eos = torch.isin(token, stop_ids) & ~done
                 done = done | hit_eos
                 # Stop strings are only looked for after a token that can complete one.
@@ -200,6 +269,8 @@ class HFPolicy:
                         continue
                     lengths[row] = step + 1
                     host_sampled[row].append(host_tokens[row])
+                    if on_token is not None:
+                        on_token(row, host_tokens[row])
                     if host_eos[row]:
                         host_done[row], reasons[row] = True, "stop"
                     elif constraint is not None and constraint.complete(row, host_sampled[row]):
@@ -223,6 +294,12 @@ class HFPolicy:
                 ).logits[:, -1]
         sampled_host, logprob_host = host_sampled, logprobs.tolist()
         entropy_host = entropies.tolist() if sampling.return_entropies else None
+        top_host = None
+        if top_k:
+            top_host = [
+                [list(zip(ids, values, strict=True)) for ids, values in zip(row_ids, row_values, strict=True)]
+                for row_ids, row_values in zip(top_ids.tolist(), top_values.tolist(), strict=True)
+            ]
         return [
             Completion(
                 token_ids=sampled_host[row][: lengths[row]],
@@ -231,6 +308,7 @@ class HFPolicy:
                 entropies=entropy_host[row][: lengths[row]] if entropy_host is not None else None,
                 loss_mask=host_free[row][: lengths[row]] if constraint is not None else None,
                 allowed=host_allowed[row][: lengths[row]] if constraint is not None else None,
+                top_logprobs=top_host[row][: lengths[row]] if top_host is not None else None,
             )
             for row in range(batch)
         ]
@@ -278,6 +356,10 @@ class HFPolicy:
         return tuple(ids)
 
 
+#: adapter_config.json fields that describe where an adapter came from, not what it computes.
+_ADAPTER_CONFIG_IGNORED = frozenset({"base_model_name_or_path", "revision", "inference_mode"})
+
+
 class ChoiceConstraint:
     """Per-row allowed completions for constrained decoding: which tokens may come next, and when a row is done.
 
@@ -322,11 +404,12 @@ class ChoiceConstraint:
         return mask, rows
 
 
-def _sample(logits, sampling: SamplingParams, generator, allowed=None):
-    """Sample one token per row. Returns ``(token [B], logprob [B], entropy [B])``.
+def _sample(logits, sampling: SamplingParams, generator, allowed=None, *, return_logp: bool = False):
+    """Sample one token per row. Returns ``(token [B], logprob [B], entropy [B])``, plus ``logp [B, V]`` with ``return_logp``.
 
     logprob/entropy are of ``softmax(logits / T)`` before truncation (T = 1 when greedy), also when
-    ``allowed`` (a ``[B, V]`` bool mask) restricts which tokens may be drawn.
+    ``allowed`` (a ``[B, V]`` bool mask) restricts which tokens may be drawn. ``generator`` is one
+    generator for the batch or a list with one per row (each row then draws from its own).
     """
     import torch
 
@@ -348,8 +431,14 @@ def _sample(logits, sampling: SamplingParams, generator, allowed=None):
             drop_sorted = (cumulative - sorted_logp.exp()) >= sampling.top_p  # keep the first token always
             drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
             filtered = filtered.masked_fill(drop, float("-inf"))
-        token = torch.multinomial(filtered.softmax(-1), 1, generator=generator).squeeze(-1)
-    return token, logp.gather(-1, token[:, None]).squeeze(-1), entropy
+        probs = filtered.softmax(-1)
+        if isinstance(generator, list):
+            token = torch.cat([torch.multinomial(probs[row : row + 1], 1, generator=g) for row, g in enumerate(generator)])
+        else:
+            token = torch.multinomial(probs, 1, generator=generator)
+        token = token.squeeze(-1)
+    chosen = logp.gather(-1, token[:, None]).squeeze(-1)
+    return (token, chosen, entropy, logp) if return_logp else (token, chosen, entropy)
 
 
 def timed_generate(policy, prompts: list[list[int]], sampling: SamplingParams) -> tuple[list[Completion], float]:

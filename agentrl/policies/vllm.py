@@ -20,13 +20,21 @@ from agentrl.policies.base import Capabilities, Completion, PolicyError, Samplin
 
 
 class VLLMPolicy:
-    """A vLLM engine as a :class:`~agentrl.policies.base.Policy`. Extra kwargs go to ``vllm.LLM``."""
+    """A vLLM engine as a :class:`~agentrl.policies.base.Policy`. Extra kwargs go to ``vllm.LLM``.
+
+    ``model`` is a local model directory or a Hugging Face Hub id, checked by
+    :func:`~agentrl.policies.sources.model_source` (vLLM reads Hub ids through the same
+    huggingface_hub cache and honours ``HF_HUB_OFFLINE``).
+    """
 
     def __init__(self, model: str, *, seed: int = 0, name: str | None = None, **engine_kwargs: Any):
         try:
             import vllm
         except ImportError as exc:
             raise PolicyError(f"vLLM is not importable ({exc}); install it with pip install 'agentrl[vllm]'") from None
+        from agentrl.policies.sources import model_source
+
+        model = model_source(model)
         self._vllm = vllm
         kwargs = {"model": model, "seed": seed, "enable_prefix_caching": True, **engine_kwargs}
         try:

@@ -8,6 +8,7 @@ not SQLite, a corrupt SQLite file, a schema older or newer than this agentrl) be
 from __future__ import annotations
 
 import os
+import urllib.parse
 import weakref
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,56 @@ def _check_sqlite_file(path: Path, create: bool) -> None:
         raise StoreError(f"cannot create store {path}: directory {path.parent} does not exist")
 
 
+def claim_new_sqlite_file(path: Path) -> bool:
+    """Create the empty store file ``path`` if it does not exist; True when this call created it.
+
+    Knowing that the file is ours lets :func:`discard_new_sqlite_file` remove it when making the
+    store fails (a full disk), rather than leaving an empty or half-made database behind.
+    """
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise StoreError(f"cannot create store {path}: {exc.strerror or exc}", hint=_os_hint(exc.strerror)) from None
+    return True
+
+
+def discard_new_sqlite_file(path: Path) -> None:
+    """Remove a store file made by :func:`claim_new_sqlite_file` and SQLite's files beside it."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def _os_hint(detail: str | None) -> str | None:
+    lower = (detail or "").lower()
+    if "full" in lower or "no space" in lower:
+        return "free space on that file system (df -h shows it) or put the store elsewhere"
+    if "disk i/o error" in lower:
+        return "is the disk full (df -h) or failing? SQLite could not write the store"
+    if "read-only" in lower or "readonly" in lower:
+        return "the file system is read-only: put the store on a writable one"
+    return None
+
+
+def _read_only_url(url: URL, path: Path) -> URL | None:
+    """A URL that opens ``path`` read-only when this process cannot write it (or its directory), else None.
+
+    SQLite in WAL mode needs to write its ``-shm`` file even to read, so a store on a read-only
+    mount cannot be opened the usual way. ``mode=ro`` never writes the database; ``immutable=1``
+    (no locks, no ``-shm``) is added when the file system itself is read-only, so nothing can change
+    the file while it is read, and no ``-wal`` holds commits that only the write-ahead log has.
+    """
+    if os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK):
+        return None
+    query = {"mode": "ro", "uri": "true"}
+    wal = Path(f"{path}-wal")
+    read_only_fs = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    if read_only_fs and not (wal.exists() and wal.stat().st_size > 0):
+        query["immutable"] = "1"
+    return url.set(database="file:" + urllib.parse.quote(str(path.resolve())), query=query)
+
+
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     # pysqlite's own transaction handling defers BEGIN and breaks transactional DDL; SQLAlchemy
     # emits BEGIN itself instead (see _sqlite_on_begin), as its documentation recommends.
@@ -128,6 +179,8 @@ def make_engine(url: URL, create: bool = True) -> Engine:
             path = sqlite_path(url)
             if path is not None:
                 _check_sqlite_file(path, create)
+                if not create:  # a reader: a store it may not write is opened read-only
+                    url = _read_only_url(url, path) or url
             kwargs: dict[str, Any] = {
                 "connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
             }
@@ -164,7 +217,10 @@ def database_error(url: URL, exc: BaseException) -> StoreError:
                 f"{path} is a corrupt SQLite database ({detail})",
                 hint=f"restore it from a copy; `sqlite3 {path} .recover` may salvage rows",
             )
-        return StoreError(f"cannot open SQLite store {path}: {detail}")
+        hint = _os_hint(detail)
+        if hint is None and path is not None and path.exists() and not os.access(path.parent, os.W_OK | os.X_OK):
+            hint = "the store cannot be written here (read-only file system or directory); reading it works"
+        return StoreError(f"cannot open SQLite store {path}: {detail}", hint=hint)
     if "connect" in lower or "server" in lower or "timeout" in lower:
         return StoreError(
             f"cannot connect to {describe(url)}: {detail}",
@@ -231,7 +287,10 @@ def _create_schema(engine: Engine, url: URL) -> None:
     """Create tables and stamp the head revision in one transaction, safe against concurrent creators."""
     sqlite = url.get_backend_name() == "sqlite"
     if sqlite and sqlite_path(url) is not None:
-        _set_wal(engine)
+        try:
+            _set_wal(engine)
+        except engine.dialect.loaded_dbapi.Error as exc:  # raw driver call: not wrapped by SQLAlchemy
+            raise database_error(url, exc) from exc
     with engine.connect().execution_options(sqlite_immediate=True) as conn, conn.begin():
         if not sqlite:
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_CREATE_LOCK})

@@ -21,7 +21,16 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from agentrl.store import codec
-from agentrl.store.engine import database_error, describe, ensure_schema, make_engine, parse_url
+from agentrl.store.engine import (
+    claim_new_sqlite_file,
+    database_error,
+    describe,
+    discard_new_sqlite_file,
+    ensure_schema,
+    make_engine,
+    parse_url,
+    sqlite_path,
+)
 from agentrl.store.errors import StoreError
 from agentrl.store.models import episodes_table, runs_table, steps_table, transcripts_table
 from agentrl.trajectory import Episode, Step, Transcript
@@ -58,14 +67,18 @@ def open_store(url: str = DEFAULT_URL, *, create: bool = True) -> Store:
     """
     parsed = parse_url(url)
     engine = make_engine(parsed, create=create)
+    path = sqlite_path(parsed) if parsed.get_backend_name() == "sqlite" else None
+    created = create and path is not None and claim_new_sqlite_file(path)
     try:
-        ensure_schema(engine, parsed, create)
-    except StoreError:
+        try:
+            ensure_schema(engine, parsed, create)
+        except (DBAPIError, SQLAlchemyError) as exc:
+            raise database_error(parsed, exc) from exc
+    except BaseException:
         engine.dispose()
+        if created:  # a store that could not be made (a full disk) leaves no file behind
+            discard_new_sqlite_file(path)  # type: ignore[arg-type]
         raise
-    except (DBAPIError, SQLAlchemyError) as exc:
-        engine.dispose()
-        raise database_error(parsed, exc) from exc
     return Store(engine, parsed)
 
 

@@ -443,6 +443,22 @@ class Learner:
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
 
+    def lora_adapter(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """The trained LoRA adapter in PEFT's saved format, or ``None`` when all weights are trained.
+
+        Returns ``(tensors, adapter_config)``: tensors keyed as in PEFT's ``adapter_model.safetensors``
+        and the ``adapter_config.json`` content (JSON-ready), so that ``PeftModel.from_pretrained`` and
+        vLLM's LoRA loader read what the asynchronous publisher writes from them.
+        """
+        if self.config.lora is None:
+            return None
+        from peft import get_peft_model_state_dict
+
+        tensors = {k: v.detach() for k, v in get_peft_model_state_dict(self.model).items()}
+        config = self.model.peft_config["default"].to_dict()
+        config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}  # as PeftConfig.save_pretrained
+        return tensors, {**config, "inference_mode": True}
+
     def export_pretrained(self, path: str | os.PathLike[str]) -> Path:
         """Write the current policy as a plain Hugging Face model (LoRA merged) for the rollout side."""
         model = self.model

@@ -27,6 +27,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from agentrl.errors import AgentrlError, UserError
+
 #: ALFWorld's task types, numbered as in its configs (``env.task_types``).
 TASK_TYPES: dict[int, str] = {
     1: "pick_and_place_simple",
@@ -50,8 +52,8 @@ FETCH_COMMAND = "agentrl data fetch alfworld"
 _ALFWORLD_DEFAULT_CACHE = Path("~/.cache/alfworld").expanduser()
 
 
-class DataRootError(FileNotFoundError):
-    """The ALFWorld data root is missing or holds no games."""
+class DataRootError(AgentrlError, FileNotFoundError):
+    """The ALFWorld data root is missing or holds no games (the message says how to get them)."""
 
 
 def _repo_sibling() -> Path | None:
@@ -182,8 +184,6 @@ def fetch(dest: Path | None = None) -> Path:
 
     Without a network (or without alfworld installed) raise ``UserError`` saying what to do.
     """
-    from agentrl.cli.common import UserError
-
     root = Path(dest).expanduser() if dest is not None else Path(
         os.environ.get("ALFWORLD_DATA") or _ALFWORLD_DEFAULT_CACHE
     ).expanduser()
@@ -211,8 +211,6 @@ def fetch(dest: Path | None = None) -> Path:
 
 def check(root: Path | None = None) -> dict[str, object]:
     """What a data root holds: per split, the games on disk and those in the panel (ALFWorld's filter)."""
-    from agentrl.cli.common import UserError
-
     try:
         resolved = resolve_root(root)
     except DataRootError as exc:

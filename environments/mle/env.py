@@ -10,21 +10,34 @@ in the workspace.
 
 Reward of one attempt (arXiv 2509.01684, partial credit)::
 
-    reward = normalized score (valid submission only) + 0.1 x milestones seen + failure_penalty (failed run only)
+    reward = normalized score (valid submission only) + 0.1 x milestones reached + failure_penalty (failed run only)
 
-where a run *fails* when the program does not parse, exits non-zero, times out, runs out of memory,
-floods its output or the sandbox cannot run it. ``info`` carries ``execution_seconds`` (the
-duration-aware update needs it), ``milestones``, ``raw_metric``, ``normalized_score``,
-``reward_breakdown`` and ``run_reason``. ``progress`` is the normalized score over the task's win
-threshold (clipped to 1); ``won`` when it reaches the threshold, which ends the episode unless
-``stop_on_win=False``.
+where a run *fails* when the program does not parse or compile (``run_reason="syntax_error"``),
+exits non-zero (``"finished"`` with a non-zero ``exit_code``), times out (``"timeout"``), runs out
+of memory (``"out_of_memory"``), floods its output (``"output_limit"``), goes over the workspace's
+disk quota (``"disk_limit"``, from sandboxes that have one) or the sandbox cannot run or load it
+(``"error"``; only a sandbox that cannot start at all ends the episode). ``info`` carries
+``execution_seconds`` (the duration-aware update needs it), ``milestones``, ``raw_metric``,
+``normalized_score``, ``reward_breakdown`` and ``run_reason``. ``progress`` is the normalized score
+over the task's win threshold (clipped to 1); ``won`` when it reaches the threshold, which ends the
+episode unless ``stop_on_win=False``.
+
+The program is hostile. A milestone counts only when the statement the instrumenter added actually
+ran: it reports through a per-run HMAC key the program cannot read, and the milestone is taken from
+the call site on the stack, not from anything printed (:mod:`.milestones` has the scheme and why it
+holds). The host never follows a link or opens a FIFO, directory or device the previous program
+left under the env's file names (:mod:`.workspace`), and grades only submissions within a budget
+derived from the hidden answers (:mod:`.grader`). ``step`` does not raise on anything a program or
+a reply can do (``tests/test_fuzz_mle.py``).
 """
 
 from __future__ import annotations
 
-import shutil
+import os
+import stat
 import tempfile
 from pathlib import Path
+from types import CodeType
 from typing import Any, ClassVar
 
 from agentrl.core import PromptSpec, TextEnv
@@ -36,7 +49,15 @@ from agentrl.environments.mle.instrument import (
     extract_code,
     instrument,
     new_token,
-    parse_milestones,
+)
+from agentrl.environments.mle.milestones import (
+    RUN_FILE,
+    compile_program,
+    loader_command,
+    loader_failure,
+    milestones_seen,
+    new_key,
+    payload,
     strip_markers,
 )
 from agentrl.environments.mle.tasks import (
@@ -49,6 +70,7 @@ from agentrl.environments.mle.tasks import (
     list_mlebench,
     load_mlebench,
 )
+from agentrl.environments.mle.workspace import remove_entry, remove_tree, write_new_file
 
 #: Reward per milestone printed by the run (the paper's +0.1).
 MILESTONE_REWARD = 0.1
@@ -56,14 +78,6 @@ MILESTONE_REWARD = 0.1
 MAX_PROGRAM_CHARS = 100_000
 #: Characters of output shown back to the agent (the tail).
 OUTPUT_TAIL_CHARS = 2_000
-#: Runs the instrumented program, compiled with the agent's own line numbers and file name (so a
-#: traceback points into solution.py), after deleting its file: the program cannot read the
-#: milestone token from disk.
-LOADER = (
-    "import marshal, os, sys; code = marshal.loads(open('.run.bin', 'rb').read()); os.unlink('.run.bin'); "
-    "sys.argv = ['solution.py']; exec(code, {'__name__': '__main__', '__file__': 'solution.py', "
-    "'__builtins__': __builtins__})"
-)
 
 FORMAT_HELP = (
     "Reply with one complete Python program in a fenced block:\n```python\n# your program\n```\n"
@@ -88,6 +102,7 @@ class MLEEnv(TextEnv):
         time_budget_s: float = 300.0,
         memory_mb: int = 2048,
         cpus: float = 1.0,
+        disk_mb: int = 512,
         failure_penalty: float = -10.0,
         sandbox: str = "auto",
         docker_url: str | None = None,
@@ -102,6 +117,7 @@ class MLEEnv(TextEnv):
         self.time_budget_s = float(time_budget_s)
         self.memory_mb = int(memory_mb)
         self.cpus = float(cpus)
+        self.disk_mb = int(disk_mb)
         self.failure_penalty = float(failure_penalty)
         self.sandbox_backend = sandbox
         self.docker_url = docker_url
@@ -187,32 +203,64 @@ class MLEEnv(TextEnv):
         token = new_token()
         try:
             instrumented = instrument(code, token, self.instrumenter)
-        except (SyntaxError, ValueError) as exc:  # ValueError: null bytes in the source
+            program = compile_program(instrumented.tree, token)
+        except (SyntaxError, ValueError) as exc:  # ValueError: null bytes, unencodable characters
             where = f" (line {exc.lineno})" if isinstance(exc, SyntaxError) and exc.lineno else ""
             message = exc.msg if isinstance(exc, SyntaxError) else str(exc)
             obs = header + f"the program does not parse: {message}{where}. Nothing was run."
             return self._failed(obs, reason="syntax_error", invalid=True)
-        return self._run(code, instrumented, token, header)
+        except (RecursionError, MemoryError):
+            obs = header + "the program is nested too deeply to compile. Nothing was run."
+            return self._failed(obs, reason="syntax_error", invalid=True)
+        return self._run(code, instrumented, program, header)
 
-    def _run(self, code: str, instrumented: Instrumented, token: str, header: str):
+    def _prepare_workspace(self, code: str, program: CodeType, key: bytes) -> None:
+        """Write the agent's program and the run's payload as new regular files (see :mod:`.workspace`)."""
+        ws = self._workspace
+        assert ws is not None
+        mode = os.lstat(ws).st_mode  # the program may have made its workspace read-only for itself
+        os.chmod(ws, stat.S_IMODE(mode) | stat.S_IRWXU)
+        remove_entry(ws, SUBMISSION)
+        write_new_file(ws, "solution.py", code.encode("utf-8", "replace"))  # for the next attempt to read
+        write_new_file(ws, RUN_FILE, payload(key, program))
+
+    def _run(self, code: str, instrumented: Instrumented, program: CodeType, header: str):
         from agentrl.sandboxes import Limits, Reason, SandboxUnavailable
 
         task, ws = self._task, self._workspace
         assert task is not None and ws is not None
-        (ws / SUBMISSION).unlink(missing_ok=True)
-        (ws / "solution.py").write_text(code)  # the agent's own version, for the next attempt to read
-        (ws / ".run.bin").write_bytes(instrumented.compile("solution.py"))
-        limits = Limits(timeout_s=self.time_budget_s, memory_mb=self.memory_mb, cpus=self.cpus, pids=256)
+        key = new_key()
+        limits = Limits(
+            timeout_s=self.time_budget_s,
+            memory_mb=self.memory_mb,
+            cpus=self.cpus,
+            pids=256,
+            disk_mb=self.disk_mb,
+        )
+        try:
+            self._prepare_workspace(code, program, key)
+        except OSError as exc:
+            return self._failed(header + f"the workspace could not be prepared: {exc}", reason="error")
         try:
             sandbox = self._get_sandbox(task, limits)
-            result = sandbox.run(["python", "-u", "-c", LOADER], workspace=ws, limits=limits)
+            result = sandbox.run(loader_command(), workspace=ws, limits=limits)
         except (SandboxUnavailable, OSError) as exc:
             return self._failed(header + f"the sandbox could not run the program: {exc}", reason="error")
+        except Exception as exc:  # a sandbox bug fails this episode, never the run (DESIGN: Sandboxes)
+            message = f"{type(exc).__name__}: {str(exc)[:200]}"
+            return self._failed(header + f"the sandbox could not run the program: {message}", reason="error")
         finally:
-            (ws / ".run.bin").unlink(missing_ok=True)
-        milestones = parse_milestones(result.stdout, token)
+            try:
+                remove_entry(ws, RUN_FILE)
+            except OSError:
+                pass
+        reason = str(result.reason)
+        load_error = loader_failure(result.exit_code, result.stderr) if reason == Reason.FINISHED else None
+        if load_error is not None:
+            reason = Reason.ERROR
+        milestones = milestones_seen(result.stdout, key) if load_error is None else []
         shown = strip_markers(result.stdout)
-        ran_ok = result.reason == Reason.FINISHED and result.exit_code == 0
+        ran_ok = reason == Reason.FINISHED and result.exit_code == 0
         grade = task.grade(ws / SUBMISSION)
         score_term = 0.0
         normalized = None
@@ -228,13 +276,7 @@ class MLEEnv(TextEnv):
         won = normalized is not None and normalized >= threshold
         progress = 1.0 if won else min(1.0, (self._best or 0.0) / threshold)
 
-        outcome = {
-            Reason.FINISHED: f"the program finished with exit code {result.exit_code}",
-            Reason.TIMEOUT: f"the program was stopped at the time budget ({self.time_budget_s:g} s)",
-            Reason.OUT_OF_MEMORY: f"the program was killed at the memory limit ({self.memory_mb} MB)",
-            Reason.OUTPUT_LIMIT: "the program was stopped: it printed more than the output limit",
-            Reason.ERROR: "the sandbox failed to run the program",
-        }[result.reason]
+        outcome = self._outcome(reason, result.exit_code, limits, load_error)
         lines = [header + f"{outcome} after {result.duration_s:.1f} s."]
         lines.append(
             f"Milestones reached ({len(milestones)}/{len(MILESTONES)}): {', '.join(milestones) if milestones else 'none'}."
@@ -262,7 +304,7 @@ class MLEEnv(TextEnv):
             normalized_score=normalized,
             submission_valid=grade.valid,
             submission_message=grade.message,
-            run_reason=result.reason,
+            run_reason=reason,
             exit_code=result.exit_code,
             instrumentation=instrumented.method,
             instrumentation_note=instrumented.note,
@@ -270,6 +312,22 @@ class MLEEnv(TextEnv):
         )
         terminated = bool(won and self.stop_on_win)
         return "\n".join(lines), reward, terminated, info
+
+    def _outcome(self, reason: str, exit_code: int | None, limits: Any, load_error: str | None) -> str:
+        """How the run ended, in words; reasons a newer sandbox adds are named as they are."""
+        if load_error is not None:
+            return f"the sandbox could not load the program ({load_error})"
+        inodes = getattr(limits, "inodes", None)
+        quota = f"{limits.disk_mb} MB" + (f" or {inodes:,} files" if inodes else "")
+        outcomes = {
+            "finished": f"the program finished with exit code {exit_code}",
+            "timeout": f"the program was stopped at the time budget ({self.time_budget_s:g} s)",
+            "out_of_memory": f"the program was killed at the memory limit ({self.memory_mb} MB)",
+            "output_limit": "the program was stopped: it printed more than the output limit",
+            "disk_limit": f"the program was stopped: it wrote more than the workspace's disk quota ({quota})",
+            "error": "the sandbox failed to run the program",
+        }
+        return outcomes.get(reason, f"the sandbox stopped the program (reason: {reason})")
 
     def _get_sandbox(self, task: Task, limits: Any) -> Any:
         from agentrl.sandboxes import get_sandbox
@@ -337,7 +395,7 @@ class MLEEnv(TextEnv):
 
     def _drop_workspace(self) -> None:
         if self._workspace is not None:
-            shutil.rmtree(self._workspace, ignore_errors=True)
+            remove_tree(self._workspace)
             self._workspace = None
 
     def _close(self) -> None:

@@ -10,8 +10,10 @@ are removed, its AST equals the agent's program exactly (so it cannot fix bugs, 
 the agent's own prints). Otherwise, or when the LM fails, :func:`ast_instrument` inserts the same
 prints itself at the first statement that does each milestone's typical call.
 
-Milestone lines carry a random per-run token that the agent never sees (it is stripped from the
-output shown back), so a program cannot earn milestones by printing the marker itself.
+The prints carry a random per-attempt token that never leaves the host: it tells the prints the
+instrumenter added from look-alikes in the agent's own code. They are not what the run prints:
+:mod:`.milestones` compiles each of them into a call that only reports a milestone when that very
+statement runs, under a per-run key the program cannot read.
 """
 
 from __future__ import annotations
@@ -93,7 +95,8 @@ class PolicyInstrumenter:
 
 
 def new_token() -> str:
-    return secrets.token_hex(6)
+    """A per-attempt token (128 bits) for the instrumenter's prints; never shown to the agent."""
+    return secrets.token_hex(16)
 
 
 def marker(token: str, name: str) -> str:
@@ -107,21 +110,11 @@ def milestone_statement(token: str, name: str) -> str:
 _MARKER_RE = re.compile(r"@@milestone ([0-9A-Za-z]+) ([a-z_]+)@@")
 
 
-def parse_milestones(stdout: str, token: str) -> list[str]:
-    """Milestones printed with ``token``, each counted once, in the order of :data:`MILESTONES`."""
-    seen = {m.group(2) for m in _MARKER_RE.finditer(stdout) if m.group(1) == token}
-    return [name for name in MILESTONES if name in seen]
-
-
-def strip_markers(stdout: str) -> str:
-    """The output without milestone lines (what the agent is shown: it must never learn the token)."""
-    return "\n".join(line for line in stdout.split("\n") if not _MARKER_RE.search(line))
-
-
 # -- verification ------------------------------------------------------------------------------
 
 
-def _is_milestone_print(stmt: ast.stmt, token: str) -> bool:
+def is_milestone_print(stmt: ast.stmt, token: str) -> bool:
+    """Is ``stmt`` exactly a milestone print of the instrumenter, carrying ``token``?"""
     if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)):
         return False
     call = stmt.value
@@ -144,7 +137,7 @@ class _StripMilestones(ast.NodeTransformer):
     def generic_visit(self, node: ast.AST) -> ast.AST:
         for name, value in ast.iter_fields(node):
             if isinstance(value, list) and value and isinstance(value[0], ast.stmt):
-                kept = [s for s in value if not _is_milestone_print(s, self.token)]
+                kept = [s for s in value if not is_milestone_print(s, self.token)]
                 self.removed += len(value) - len(kept)
                 setattr(node, name, kept)
         return super().generic_visit(node)
@@ -303,7 +296,7 @@ def _merge_prints(lm_node: ast.AST, original: ast.AST, token: str) -> ast.AST:
             merged: list[ast.stmt] = []
             rest = iter(value)
             for stmt in lm_value:
-                if _is_milestone_print(stmt, token):
+                if is_milestone_print(stmt, token):
                     anchor = merged[-1] if merged else value[0] if value else original
                     name = _MARKER_RE.fullmatch(stmt.value.args[0].value).group(2)  # type: ignore[attr-defined]
                     merged.append(_print_node(token, name, anchor))  # type: ignore[arg-type]
@@ -326,14 +319,7 @@ class Instrumented:
     source: str  # the instrumented program as text
     method: str  # "lm" or "ast"
     note: str  # why the LM's version was accepted or refused
-    tree: ast.Module | None = None  # the same program with the agent's own line numbers
-
-    def compile(self, filename: str = "solution.py") -> bytes:
-        """Marshalled code object: tracebacks name ``filename`` and the agent's own line numbers."""
-        import marshal
-
-        tree = self.tree if self.tree is not None else ast.parse(self.source)
-        return marshal.dumps(compile(tree, filename, "exec", dont_inherit=True))
+    tree: ast.Module  # the same program with the agent's own line numbers (compile it with .milestones)
 
 
 def instrument(program: str, token: str, lm: Instrumenter | None = None) -> Instrumented:

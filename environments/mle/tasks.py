@@ -25,9 +25,19 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
-from agentrl.environments.mle.grader import Grade, GraderSpec, grade_submission
+from agentrl.environments.mle.grader import (
+    Grade,
+    GraderSpec,
+    SubmissionBudget,
+    SubmissionRejected,
+    grade_csv,
+    read_answers,
+    read_submission,
+)
 
 #: Data paths inside the sandbox.
 DATA_DIR = "/data"
@@ -108,7 +118,7 @@ class Task:
     grader: GraderSpec
     win_threshold: float | None = None
     expert: str | None = None  # a reference solution program (built-in tasks)
-    grade_fn: Callable[[Path], Grade] | None = field(default=None, compare=False)
+    grade_fn: Callable[[bytes], Grade] | None = field(default=None, compare=False)  # external grader
 
     @property
     def public_dir(self) -> Path:
@@ -118,14 +128,33 @@ class Task:
     def answers(self) -> Path:
         return self.root / "prepared" / "private" / "test.csv"
 
+    @cached_property
+    def answer_bytes(self) -> bytes:
+        """The hidden answers (the sample submission when an external grader keeps them elsewhere)."""
+        path = self.answers if self.answers.is_file() else self.public_dir / "sample_submission.csv"
+        return path.read_bytes()
+
+    @cached_property
+    def truth(self) -> Any:
+        """The answers as a DataFrame, parsed once per task."""
+        return read_answers(self.answer_bytes)
+
+    @cached_property
+    def budget(self) -> SubmissionBudget:
+        """What a submission may be before it is parsed, derived from the answers."""
+        return SubmissionBudget.for_answers(self.answer_bytes)
+
     def grade(self, submission: Path) -> Grade:
-        """Grade a submission file on the host. A symbolic link is refused: the program wrote it inside
-        the sandbox, but the host would follow it (to the hidden answers, for one)."""
-        if Path(submission).is_symlink():
-            return Grade(False, None, "malformed submission: submission.csv is a symbolic link, not a file")
+        """Grade a submission file on the host, never following a link or opening a special file there
+        (the program wrote it inside the sandbox; a link could lead to the hidden answers, a FIFO
+        would block) and only within :attr:`budget`."""
+        try:
+            data = read_submission(submission, self.budget)
+        except SubmissionRejected as exc:
+            return Grade(False, None, str(exc))
         if self.grade_fn is not None:
-            return self.grade_fn(submission)
-        return grade_submission(submission, self.answers, self.grader)
+            return self.grade_fn(data)
+        return grade_csv(data, self.truth, self.grader)
 
     def baseline_score(self) -> float:
         """The metric of the sample submission (a constant predictor): the floor a model must beat."""
@@ -275,13 +304,13 @@ def load_mlebench(data_dir: str | os.PathLike[str], competition_id: str) -> Task
         lower = False
     spec = GraderSpec(metric=str(competition.grader.name), direction="minimize" if lower else "maximize")
 
-    def grade(submission: Path) -> Grade:
+    def grade(submission: bytes) -> Grade:
+        import io
+
         import pandas as pd
 
-        if not submission.is_file():
-            return Grade(False, None, "no submission: the program did not write submission.csv")
         try:
-            score = competition.grader(pd.read_csv(submission), pd.read_csv(answers))
+            score = competition.grader(pd.read_csv(io.BytesIO(submission)), pd.read_csv(answers))
         except Exception as exc:
             return Grade(False, None, f"invalid submission: {type(exc).__name__}: {str(exc)[:150]}")
         if score is None:

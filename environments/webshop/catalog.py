@@ -40,6 +40,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from agentrl.errors import AgentrlError
+
 #: Goal price bounds are drawn from these (the original's ``PRICE_RANGE``).
 PRICE_RANGE = [10.0 * i for i in range(1, 100)]
 GOAL_SHUFFLE_SEED = 233
@@ -57,8 +59,8 @@ REVIEW_FILE = "reviews.json"
 BUILTIN_MARKER = "BUILTIN_CATALOG_NOT_THE_BENCHMARK.txt"  # see builtin.MARKER_FILE
 
 
-class MissingCatalogError(FileNotFoundError):
-    """The WebShop data directory lacks the catalog files."""
+class MissingCatalogError(AgentrlError, FileNotFoundError):
+    """The WebShop data directory lacks the catalog files (the message says how to get them)."""
 
 
 def default_data_root() -> Path:

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from agentrl.cli.common import UserError, console
+from agentrl.errors import UserError
 
 from . import catalog
 
@@ -79,12 +79,12 @@ def fetch(
     dest = Path(dest) if dest is not None else catalog.default_data_root()
     sources = dict(sources) if sources is not None else default_sources(full)
     dest.mkdir(parents=True, exist_ok=True)
-    console.print(LICENSE_NOTICE)
+    print(LICENSE_NOTICE, flush=True)
     for name, url in sources.items():
         target = dest / name
         if target.exists():
             continue
-        console.print(f"downloading {name} ...")
+        print(f"downloading {name} ...", flush=True)
         try:
             _download(url, target, timeout)
         except (urllib.error.URLError, OSError, ValueError) as exc:
