@@ -33,6 +33,6 @@ class BenchmarkConfig(OnlineConfig):
 def learner(shaping: list[str] | None = None, terms: list[str] | None = None, options: dict[str, Any] | None = None) -> LearnerConfig:
     """The benchmark learner defaults (lr 1e-6, k3 KL 0.01 as verl-agent) plus an algorithm's plug-ins."""
     return LearnerConfig(
-        lr=1e-6, total_steps=150, shaping=list(shaping or []), terms=["kl", *(terms or [])],
+        lr=1e-6, shaping=list(shaping or []), terms=["kl", *(terms or [])],
         options={"kl": {"coef": 0.01}, **(options or {})},
     )  # fmt: skip

@@ -69,7 +69,7 @@ class Config:
     max_new_tokens: int = 1024  # tokens per attempt (a whole program)
     seed: int = 0  # seeds task draws, sampling and the learner
     learner: LearnerConfig = field(
-        default_factory=lambda: LearnerConfig(lr=1e-5, total_steps=50, shaping=["duration"])
+        default_factory=lambda: LearnerConfig(lr=1e-5, shaping=["duration"])
     )  # the update (duration weighting on)
 
 
@@ -112,7 +112,7 @@ def main(cfg: Config) -> dict[str, Any]:
 
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
         rank = dist.get_rank()
-        fsdp = FSDPLearner(model, cfg.learner, pad_token_id=pad_id, logger=MetricsLogger(run_dir) if rank == 0 else None)
+        fsdp = FSDPLearner(model, cfg.learner.for_run(cfg.updates), pad_token_id=pad_id, logger=MetricsLogger(run_dir) if rank == 0 else None)
         if rank != 0:
             try:
                 return {"rank": rank, "updates": follow_updates(fsdp)}
@@ -121,7 +121,7 @@ def main(cfg: Config) -> dict[str, Any]:
         learner, logger = RankZeroLearner(fsdp), fsdp.learner.logger
     else:
         logger = MetricsLogger(run_dir)
-        learner = Learner(model, cfg.learner, pad_token_id=pad_id, logger=logger)
+        learner = Learner(model, cfg.learner.for_run(cfg.updates), pad_token_id=pad_id, logger=logger)
     entry = agentrl.registry.resolve(cfg.env)
     store_url = cfg.store or f"sqlite:///{(run_dir / 'store.db').resolve()}"
     store = open_store(store_url)

@@ -60,7 +60,7 @@ class Config:
     sft_lr: float = 1e-3  # warm-up learning rate
     sft_batch_tokens: int = 2048  # padded tokens per warm-up optimizer step
     seed: int = 0  # seeds task draws, sampling and the learner
-    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=1e-5, total_steps=20))  # the update
+    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=1e-5))  # the update (its schedule spans the run's iterations unless total_steps is set)
 
 
 def main(cfg: Config) -> dict[str, Any]:
@@ -96,7 +96,7 @@ def main(cfg: Config) -> dict[str, Any]:
     store = open_store(cfg.store or f"sqlite:///{run_dir / 'store.db'}")
     run_id = store.start_run(cfg.run_name, env_id=entry.id, config=config_dict(cfg), kind="train")
     logger = MetricsLogger(run_dir)
-    learner = Learner(policy.model, cfg.learner, pad_token_id=policy.pad_id, logger=logger)
+    learner = Learner(policy.model, cfg.learner.for_run(cfg.iterations), pad_token_id=policy.pad_id, logger=logger)
     train_panel = make_env(cfg.train_split).task_ids(cfg.train_split)[: cfg.train_tasks or None]
     sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                               stop=("</action>",), return_entropies=True)

@@ -275,7 +275,7 @@ def test_end_to_end_trials_store_ratings_and_update(world, tmp_path):
 
     # PPO-clip update of the reflector from the stored batch; the actor stays frozen
     batch = retrospective_batch(stored, batch_id="1")
-    config = LearnerConfig(lr=1e-4, total_steps=1, terms=["kl"], options={"kl": {"coef": 0.1}}, temperature=1.0)
+    config = LearnerConfig(lr=1e-4, total_steps=1, terms=["kl"], options={"kl": {"coef": 0.1}})
     learner = Learner(base.model, config, pad_token_id=base.pad_id)
     rows = build_batch(batch)
     advantages = learner.advantages(rows)

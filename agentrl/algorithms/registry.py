@@ -95,7 +95,7 @@ class Tokens:
 
     logp: torch.Tensor  # [n, R] current log-probs (with gradient)
     entropy: torch.Tensor  # [n, R] current entropies (with gradient)
-    old_logp: torch.Tensor  # [n, R] behaviour log-probs
+    old_logp: torch.Tensor  # [n, R] proximal log-probs: the weights at the start of the update (= behaviour when fresh)
     advantages: torch.Tensor  # [n]
     mask: torch.Tensor  # [n, R] float, trained tokens
     eps_low: float
@@ -104,6 +104,8 @@ class Tokens:
     nested_mean: Callable[[torch.Tensor], torch.Tensor]
     reference_logp: Callable[[], torch.Tensor]  # [n, R] under the frozen reference policy (computed on demand)
     generator: torch.Generator | None = None
+    behaviour_weight: torch.Tensor | None = None  # [n, R] min(pi_prox / pi_behaviour, cap): 1 on fresh tokens
+    steps: list[int] | None = None  # [n] the batch's step index of each row
 
 
 class Plugin:
@@ -145,10 +147,22 @@ class AdvantageShaper(Plugin):
 
 
 class PolicyLoss(Plugin):
+    """The per-token policy-gradient loss, against the proximal log-probs (``Tokens.old_logp``); the
+    learner multiplies it by the behaviour importance weight, masks and aggregates it.
+
+    ``needs_minibatch``: the loss selects tokens over the whole mini-batch (Clip-Cov, KL-Cov); the
+    learner calls :meth:`prepare` with the mini-batch (no gradient) before its micro-batches, so the
+    selection does not depend on how the mini-batch is split.
+    """
+
     kind = "policy_loss"
+    needs_minibatch: ClassVar[bool] = False
+
+    def prepare(self, minibatch: Tokens) -> None:
+        """See the class docstring; rows are identified by ``minibatch.steps``."""
 
     def __call__(self, tokens: Tokens) -> torch.Tensor:
-        """Per-token loss ``[n, R]`` (the learner masks and aggregates it)."""
+        """Per-token loss ``[n, R]`` (the learner weights, masks and aggregates it)."""
         raise NotImplementedError
 
 
@@ -157,8 +171,9 @@ class LossTerm(Plugin):
 
     kind = "term"
     needs_reference: ClassVar[bool] = False
+    needs_schedule: ClassVar[bool] = False  # start_step must be given the run's total_steps
 
-    def start_step(self, step: int, total_steps: int) -> None:
+    def start_step(self, step: int, total_steps: int | None) -> None:
         """Called before each optimizer step (``step`` = optimizer steps done so far)."""
 
     def __call__(self, tokens: Tokens) -> tuple[torch.Tensor, dict[str, float]]:

@@ -7,7 +7,7 @@ learner is built, so adding an algorithm never touches this file.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 
@@ -29,7 +29,7 @@ class LearnerConfig:
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
     warmup_steps: int = 0  # linear warm-up from 0 to lr over this many optimizer steps
-    total_steps: int = 1000  # optimizer steps of the whole run: the cosine horizon and EPO's K
+    total_steps: int | None = None  # optimizer steps of the run: the cosine horizon and EPO's K (recipes derive it; None = constant lr)
     min_lr_ratio: float = 0.0  # the cosine decays to lr * min_lr_ratio
     max_grad_norm: float = 1.0  # clip the global gradient norm to this (0 = no clipping)
     micro_batch_tokens: int = 8192  # padded tokens (sequences x longest sequence) per forward/backward pass
@@ -42,8 +42,8 @@ class LearnerConfig:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # plug-in options by name: {"empg": {"k": 2.0}}
     eps_low: float = 0.2  # PPO clip: ratio >= 1 - eps_low
     eps_high: float = 0.2  # PPO clip: ratio <= 1 + eps_high (DAPO uses 0.28)
+    importance_cap: float = 5.0  # stale data: cap of the behaviour weight pi_prox / pi_behaviour (decoupled PPO)
     agg: Literal["token-mean", "seq-mean-token-mean"] = "token-mean"  # loss aggregation
-    temperature: float = 1.0  # sampling temperature of the behaviour policy (logits are divided by it)
     lora: LoRAConfig | None = None  # train LoRA adapters instead of all weights when set
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
     gradient_checkpointing: bool = False  # recompute activations in backward (saves memory)
@@ -56,7 +56,7 @@ class LearnerConfig:
             ("lr", self.lr > 0),
             ("weight_decay", self.weight_decay >= 0),
             ("warmup_steps", self.warmup_steps >= 0),
-            ("total_steps", self.total_steps >= 1),
+            ("total_steps", self.total_steps is None or self.total_steps >= 1),
             ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1),
             ("max_grad_norm", self.max_grad_norm >= 0),
             ("micro_batch_tokens", self.micro_batch_tokens >= 1),
@@ -65,12 +65,27 @@ class LearnerConfig:
             ("eps_low", 0 <= self.eps_low < 1),
             ("eps_high", self.eps_high >= 0),
             ("agg", self.agg in ("token-mean", "seq-mean-token-mean")),
-            ("temperature", self.temperature > 0),
+            ("importance_cap", self.importance_cap >= 1),
             ("precision", self.precision in ("auto", "fp32", "bf16")),
         ]
         for name, ok in checks:
             if not ok:
                 raise ValueError(f"learner config: invalid {name}={getattr(self, name)!r}")
+
+    @property
+    def steps_per_update(self) -> int:
+        """Optimizer steps one :meth:`~agentrl.training.learner.Learner.update` takes (epochs x mini-batches)."""
+        return self.epochs * self.mini_batches
+
+    def for_run(self, updates: int) -> LearnerConfig:
+        """This config with ``total_steps`` derived from a run of ``updates`` learner updates, unless set.
+
+        The schedule's length must follow the run: a cosine that ends before the run does trains the
+        rest at ``lr * min_lr_ratio`` (0 by default), one that ends after it never decays fully.
+        """
+        if self.total_steps is not None:
+            return self
+        return replace(self, total_steps=max(1, updates * self.steps_per_update))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
