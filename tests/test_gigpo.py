@@ -262,3 +262,16 @@ def test_groups_of_one_and_empty_batches():
         gigpo.episode_advantages(torch.tensor([1.0]), ["g"], torch.tensor([1]))
     with pytest.raises(ValueError, match="weighting"):
         gigpo.episode_advantages(torch.tensor([1.0]), ["g"], torch.tensor([0]), weighting="token")
+
+
+def test_equal_returns_give_exactly_zero_at_every_level():
+    # A group whose episodes all scored 0.7 has nothing to compare. In float32 the mean of nine 0.7s is
+    # off by an ulp, and dividing that by std + 1e-6 (std ~ 1e-8) gave every row +0.056 (measured before
+    # the statistics moved to float64); -0.1 (every turn invalid) gave +0.0074.
+    for value in (0.7, -0.1, 0.9):
+        returns = torch.full((9,), value)
+        assert grpo.advantages(returns, ["g"] * 9).tolist() == [0.0] * 9
+        for weighting in ("step", "trajectory"):
+            got = gigpo.episode_advantages(returns, ["g"] * 9, list(range(9)), weighting=weighting)
+            assert got.tolist() == [0.0] * 9 and got.dtype == torch.float32
+        assert gigpo.step_advantages(returns, [0] * 9).tolist() == [0.0] * 9
