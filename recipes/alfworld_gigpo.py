@@ -38,6 +38,4 @@ class Config(BenchmarkConfig):
     eval_every: int = 5  # evaluate every N iterations (A: trainer.test_freq=5)
     eval_before: bool = True  # evaluate before training too (A: trainer.val_before_train=True)
     eval_temperature: float = 0.4  # sampled evaluation (A: val_kwargs.temperature=0.4, do_sample=True)
-    learner: LearnerConfig = field(
-        default_factory=lambda: gigpo_learner(scale_by_std=True)
-    )  # A: gigpo.mode=mean_std_norm
+    learner: LearnerConfig = field(default_factory=lambda: gigpo_learner(scale_by_std=True))  # A: gigpo.mode=mean_std_norm
