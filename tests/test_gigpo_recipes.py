@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 from agentrl.config import load_config
+
+WIDE = {**os.environ, "COLUMNS": "400"}  # one table row per line
 
 torch = pytest.importorskip("torch")
 
@@ -62,6 +65,23 @@ def test_gigpo_recipe_defaults_are_verl_agents(recipe, env, max_turns, scale_by_
     # one option overridden the way the CLI does it; the others keep their defaults
     cfg = load_config(module.Config, None, ["learner.options.gigpo.omega=0.8", "model=m"])
     assert cfg.learner.options["gigpo"]["omega"] == 0.8 and cfg.learner.options["gigpo"]["gamma"] == 0.95
+
+
+def test_cli_lists_the_gigpo_recipes_and_shows_their_config():
+    import subprocess
+
+    from agentrl.testing import installed_cli
+
+    def run(*args: str) -> str:
+        out = subprocess.run([installed_cli(), *args], capture_output=True, text=True, timeout=600, env=WIDE)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    listing = run("train", "--list")
+    assert "alfworld_gigpo" in listing and "webshop_gigpo" in listing
+    for recipe, mode in (("alfworld_gigpo", "'scale_by_std': True"), ("webshop_gigpo", "'scale_by_std': False")):
+        shown = run("train", recipe, "--show-config")
+        assert "'gigpo'" in shown and mode in shown and "0.4" in shown  # advantage, mode, eval temperature
 
 
 @pytest.mark.slow
