@@ -5,10 +5,10 @@ The learner composes one of each kind it needs and does not grow when a method i
 ==============  ===========================================================  ==========================
 kind            what it computes                                             built in
 ==============  ===========================================================  ==========================
-``advantage``   per-step advantages from returns and groups                  ``grpo``, ``dr_grpo``
+``advantage``   per-step advantages from returns and groups                  ``grpo``, ``dr_grpo``, ``gigpo``
 ``shaping``     a transform of per-step advantages (applied in order)        ``empg``, ``duration``
 ``policy_loss`` the per-token policy-gradient loss ``[n, R]``                ``clip``, ``clip_cov``, ``kl_cov``
-``term``        a scalar added to the loss (with its own metrics)            ``kl``, ``epo``
+``term``        a scalar added to the loss (with its own metrics)            ``kl``, ``epo``, ``entropy``
 ==============  ===========================================================  ==========================
 
 A plug-in is a class with a ``Config`` dataclass (its options, one documented field each),
@@ -29,7 +29,7 @@ import dataclasses
 import difflib
 import importlib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
@@ -38,7 +38,7 @@ import torch
 
 KINDS = ("advantage", "shaping", "policy_loss", "term")
 ENTRY_POINT_GROUP = "agentrl.algorithms"
-_BUILTIN_MODULES = ("grpo", "empg", "duration", "ppo", "covariance", "kl", "epo")
+_BUILTIN_MODULES = ("grpo", "gigpo", "empg", "duration", "ppo", "covariance", "kl", "epo", "entropy")
 
 
 class AlgorithmConfigError(ValueError):
@@ -82,6 +82,8 @@ class Steps:
     trainable: torch.Tensor  # [S] bool, the step has at least one trainable token
     observations: Sequence[str]  # [S] the observation each step acted on
     entropy: torch.Tensor | None = None  # [S] float
+    episode_rewards: Sequence[Sequence[float]] = ()  # [T] every turn's env reward, also turns that are not steps
+    infos: Sequence[Mapping[str, Any]] = ()  # [S] the env info of each step (invalid_action, parse_error, ...)
 
 
 @dataclass

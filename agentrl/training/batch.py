@@ -52,9 +52,11 @@ class StepBatch:
     env_seconds: list[float] = field(default_factory=list)  # [S] wall time of the env step
     rewards: list[float] = field(default_factory=list)  # [S] the env's reward for the turn
     observations: list[str] = field(default_factory=list)  # [S] the observation the turn acted on
+    infos: list[dict[str, Any]] = field(default_factory=list)  # [S] the turn's env info (Step.info, not copied)
     traj_index: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))  # [S] step -> trajectory
     returns: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # [T] sum of the episode's rewards
     group_ids: list[object] = field(default_factory=list)  # [T]
+    episode_rewards: list[list[float]] = field(default_factory=list)  # [T] every turn's env reward, steps or not
     won: list[bool] = field(default_factory=list)  # [T]
     dropped_episodes: int = 0  # episodes left out (error set, or no sampled tokens)
 
@@ -125,6 +127,7 @@ def build_batch(episodes: Sequence[Episode]) -> StepBatch:
         returns.append(episode.episode_return)
         batch.group_ids.append(episode.group_id if episode.group_id is not None else (episode.env_id, episode.task_id))
         batch.won.append(bool(episode.won))
+        batch.episode_rewards.append([float(s.reward) for s in episode.steps])
         for transcript in episode.transcripts:
             try:
                 transcript.check()
@@ -161,6 +164,7 @@ def build_batch(episodes: Sequence[Episode]) -> StepBatch:
                 batch.env_seconds.append(float(step.env_seconds))
                 batch.rewards.append(float(step.reward))
                 batch.observations.append(step.observation)
+                batch.infos.append(step.info)
                 traj_index.append(t)
     if not batch.response_ids:
         raise NoUsableEpisodesError(

@@ -35,10 +35,10 @@ class LearnerConfig:
     micro_batch_tokens: int = 8192  # padded tokens (sequences x longest sequence) per forward/backward pass
     mini_batches: int = 1  # optimizer steps per update (the batch is split by trajectory)
     epochs: int = 1  # passes over the batch per update
-    advantage: str = "grpo"  # advantage estimator plug-in: grpo, dr_grpo, ...
+    advantage: str = "grpo"  # advantage estimator plug-in: grpo, dr_grpo, gigpo, ...
     shaping: list[str] = field(default_factory=list)  # advantage shaper plug-ins, applied in order: empg, duration
     policy_loss: str = "clip"  # policy-loss plug-in: clip (PPO-clip), clip_cov, kl_cov
-    terms: list[str] = field(default_factory=list)  # loss-term plug-ins: kl (to the initial policy), epo
+    terms: list[str] = field(default_factory=list)  # loss-term plug-ins: kl (to the initial policy), epo, entropy
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # plug-in options by name: {"empg": {"k": 2.0}}
     eps_low: float = 0.2  # PPO clip: ratio >= 1 - eps_low
     eps_high: float = 0.2  # PPO clip: ratio <= 1 + eps_high (DAPO uses 0.28)

@@ -236,6 +236,8 @@ class Learner:
             trainable=torch.tensor([t > 0 for t in batch.step_tokens()], dtype=torch.bool),
             observations=batch.observations,
             entropy=entropy,
+            episode_rewards=batch.episode_rewards,
+            infos=batch.infos,
         )
 
     def advantages(self, batch: StepBatch) -> torch.Tensor:
