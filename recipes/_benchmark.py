@@ -51,7 +51,6 @@ def gigpo_learner(scale_by_std: bool) -> LearnerConfig:
         lr=1e-6,  # actor.optim.lr=1e-6 (run_alfworld.sh, run_webshop.sh)
         weight_decay=0.01,  # actor.optim.weight_decay 0.01 (ppo_trainer.yaml)
         min_lr_ratio=1.0,  # constant learning rate: no warm-up, no decay (ppo_trainer.yaml)
-        total_steps=150,  # trainer.total_epochs=150, one batch per epoch
         max_grad_norm=1.0,  # actor.grad_clip 1.0 (ppo_trainer.yaml)
         epochs=1,  # actor.ppo_epochs 1 (ppo_trainer.yaml)
         eps_low=0.2, eps_high=0.2,  # actor.clip_ratio_low / clip_ratio_high 0.2 (ppo_trainer.yaml)

@@ -34,11 +34,11 @@ def test_gigpo_recipe_defaults_are_verl_agents(recipe, env, max_turns, scale_by_
     assert (cfg.layout, cfg.history, cfg.max_new_tokens, cfg.temperature) == ("per_step", 2, 512, 1.0)
     assert (cfg.eval_temperature, cfg.eval_every, cfg.eval_before) == (0.4, 5, True)
     learner = cfg.learner
-    assert (learner.lr, learner.weight_decay, learner.min_lr_ratio, learner.total_steps) == (
+    assert (learner.lr, learner.weight_decay, learner.min_lr_ratio, learner.for_run(cfg.iterations).total_steps) == (
         1e-6,
         0.01,
         1.0,
-        150,
+        150,  # trainer.total_epochs=150, one batch per epoch: derived from the run's iterations
     )
     assert (learner.eps_low, learner.eps_high, learner.agg, learner.max_grad_norm) == (
         0.2,

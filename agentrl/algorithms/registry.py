@@ -25,6 +25,7 @@ groups), so anything a plug-in computes over the batch (a min, a mean, a count) 
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import difflib
 import importlib
@@ -110,7 +111,7 @@ class Tokens:
     steps: list[int] | None = None  # [n] the batch's step index of each row
 
 
-class Plugin:
+class Plugin(abc.ABC):
     """Base of every plug-in: a ``Config`` dataclass of options, and optional state to checkpoint."""
 
     name: ClassVar[str]
@@ -134,18 +135,18 @@ class AdvantageEstimator(Plugin):
     kind = "advantage"
     needs_entropy: ClassVar[bool] = False  # Steps.entropy must be filled
 
+    @abc.abstractmethod
     def __call__(self, steps: Steps, reduce: Reduce) -> torch.Tensor:
         """Per-step advantages ``[S]``."""
-        raise NotImplementedError
 
 
 class AdvantageShaper(Plugin):
     kind = "shaping"
     needs_entropy: ClassVar[bool] = False  # Steps.entropy must be filled
 
+    @abc.abstractmethod
     def __call__(self, steps: Steps, advantages: torch.Tensor, reduce: Reduce) -> torch.Tensor:
         """New per-step advantages ``[S]`` from ``advantages`` ``[S]``."""
-        raise NotImplementedError
 
 
 class PolicyLoss(Plugin):
@@ -163,9 +164,9 @@ class PolicyLoss(Plugin):
     def prepare(self, minibatch: Tokens) -> None:
         """See the class docstring; rows are identified by ``minibatch.steps``."""
 
+    @abc.abstractmethod
     def __call__(self, tokens: Tokens) -> torch.Tensor:
         """Per-token loss ``[n, R]`` (the learner weights, masks and aggregates it)."""
-        raise NotImplementedError
 
 
 class LossTerm(Plugin):
@@ -178,9 +179,9 @@ class LossTerm(Plugin):
     def start_step(self, step: int, total_steps: int | None) -> None:
         """Called before each optimizer step (``step`` = optimizer steps done so far)."""
 
+    @abc.abstractmethod
     def __call__(self, tokens: Tokens) -> tuple[torch.Tensor, dict[str, float]]:
         """This micro-batch's share of the term (already scaled) and metrics to sum over micro-batches."""
-        raise NotImplementedError
 
     def end_step(self, batch_entropy: float) -> dict[str, Any]:
         """Called after a successful optimizer step with the mini-batch token-mean entropy; returns metrics."""
