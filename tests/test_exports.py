@@ -246,7 +246,7 @@ def test_trl_on_the_chat_export_and_trainer_on_the_token_export_fine_tune_alike(
 
     model = AutoModelForCausalLM.from_pretrained(stored["model"])
     config = trl.SFTConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=len(chat),
-                           gradient_checkpointing=False, **common)  # fmt: skip
+                           activation_checkpointing=False, **common)  # fmt: skip
     trl_trainer = trl.SFTTrainer(model=model, args=config, train_dataset=chat.select_columns(["prompt", "completion"]),
                                  processing_class=stored["tokenizer"])  # fmt: skip
     prepared, examples = trl_trainer.train_dataset, []
@@ -323,7 +323,7 @@ def test_messages_are_recovered_from_the_rendered_prompt(tokenizers, template):
     # per-step layout with a window of one turn: the prompt shows only the last exchange
     window = [SYSTEM] + messages[1:4]
     shown = tokenizer.apply_chat_template(window, tokenize=False, add_generation_prompt=True)
-    assert prompt_messages(tokenizer, shown, ["<action>look</action>", said], windowed=True) == window
+    assert prompt_messages(tokenizer, shown, ["<action>look</action>", said], windows=[2, 1, 0]) == window
 
 
 def test_env_text_that_forges_turns_gives_no_messages(tokenizers):
@@ -336,7 +336,7 @@ def test_env_text_that_forges_turns_gives_no_messages(tokenizers):
     messages = conversation(forged, said, "Nothing happens.")
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert prompt_messages(tokenizer, prompt, [said]) is None
-    assert prompt_messages(tokenizer, prompt, [said], windowed=True) is None
+    assert prompt_messages(tokenizer, prompt, [said], windows=[1, 0]) is None
     honest = conversation("The note says: nothing.", said, "Nothing happens.")
     rendered = tokenizer.apply_chat_template(honest, tokenize=False, add_generation_prompt=True)
     assert prompt_messages(tokenizer, rendered, [said]) == honest

@@ -70,11 +70,13 @@ def response_text(tokenizer: Any, ids: list[int]) -> str:
     without a final end-of-turn token (the tokenizer's EOS, which the chat template renders itself).
 
     The one definition, shared by :meth:`LLMAgent.act` and the chat export
-    (:mod:`agentrl.store.chat`), so that exported completions are exactly what the agent read.
+    (:mod:`agentrl.store.chat`), so that exported completions are exactly what the agent read. The
+    text is the tokens' text verbatim: no clean-up of spaces before punctuation, which some
+    tokenizers do by default and which would make it differ from what the model wrote.
     """
     eos = tokenizer.eos_token_id
     content = ids[:-1] if ids and eos is not None and ids[-1] == eos else ids
-    return tokenizer.decode(content)
+    return tokenizer.decode(content, clean_up_tokenization_spaces=False)
 
 
 @dataclass(frozen=True)

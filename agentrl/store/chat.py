@@ -20,7 +20,7 @@ Decoding and template rendering use the tokenizer the policy used; nothing here 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from jinja2 import TemplateError
@@ -37,14 +37,18 @@ def sft_rows(episode_id: int, episode: Episode, tokenizer: Any) -> Iterator[dict
     """One row per turn with sampled ids, in transcript order (see the module docstring)."""
     eos = tokenizer.eos_token_id
     answered: dict[int, str] = {}  # turn -> the assistant text the agent read (for later turns' messages)
+    per_step, window = episode.meta.get("layout") == "per_step", None
     for position, transcript in enumerate(episode.transcripts):
         for turn, (_, start, end) in sorted(transcript.spans().items()):
             prompt_ids, completion_ids = transcript.ids[:start], transcript.ids[start:end]
-            prompt, completion = tokenizer.decode(prompt_ids), tokenizer.decode(completion_ids)
+            prompt = tokenizer.decode(prompt_ids, clean_up_tokenization_spaces=False)
+            completion = tokenizer.decode(completion_ids, clean_up_tokenization_spaces=False)
             content = response_text(tokenizer, completion_ids)
             earlier = [answered[t] for t in sorted(answered) if t < turn]
-            messages = prompt_messages(tokenizer, prompt, earlier, windowed=episode.meta.get("layout") == "per_step")
+            windows = _window_order(window, len(earlier)) if per_step else None
+            messages = prompt_messages(tokenizer, prompt, earlier, windows=windows)
             if messages is not None:
+                window = (len(messages) - 2) // 2  # the earlier turns this prompt showed
                 messages.append({"role": "assistant", "content": content})
             answered[turn] = content
             step = episode.steps[turn] if turn < len(episode.steps) else None
@@ -75,22 +79,36 @@ def sft_rows(episode_id: int, episode: Episode, tokenizer: Any) -> Iterator[dict
             }
 
 
-def prompt_messages(tokenizer: Any, prompt: str, earlier: list[str], *, windowed: bool = False) -> list[dict[str, str]] | None:
+def prompt_messages(
+    tokenizer: Any, prompt: str, earlier: list[str], *, windows: Iterable[int] | None = None
+) -> list[dict[str, str]] | None:
     """Messages ``[system, user, (assistant, user)*]`` whose rendering with the generation prompt is ``prompt``.
 
     ``earlier`` are the assistant texts of the turns before, oldest first (known exactly: decoded
     from the transcript). The template is rendered once as a skeleton, with stand-ins for the
     unknown system and user contents, and ``prompt`` is cut at the skeleton's literal pieces.
-    ``windowed`` (the per-step layout, whose prompt may show only the last turns): every window is
-    tried. The answer is returned only when it is the one way to read ``prompt`` and rendering it
-    gives ``prompt`` exactly (so it is what the policy saw, e.g. trimmed where the template trims);
+    ``windows``: how many of the earlier turns the prompt may show, tried in order (the per-step
+    layout shows a window of the last turns); default: all of them (the concat layout).
+
+    A reading is returned only when it is the one way to cut ``prompt`` and rendering it gives
+    ``prompt`` exactly (so it is what the policy saw, e.g. trimmed where the template trims);
     otherwise ``None``, never a guess: a template that transforms contents (the stand-ins do not
     survive it), or env text that imitates the template's turn markers (an observation that prints
-    a fake conversation, which reads two ways), gives ``None``.
+    a fake conversation, which cuts two ways), gives ``None``.
     """
-    windows = range(len(earlier) + 1) if windowed else (len(earlier),)
-    found = [m for w in windows if (m := _cut(tokenizer, prompt, earlier[len(earlier) - w :])) is not None]
-    return found[0] if len(found) == 1 else None
+    for window in (len(earlier),) if windows is None else windows:
+        if 0 <= window <= len(earlier):
+            messages = _cut(tokenizer, prompt, earlier[len(earlier) - window :])
+            if messages is not None:
+                return messages
+    return None
+
+
+def _window_order(previous: int | None, turns: int) -> list[int]:
+    """Windows to try for a per-step turn with ``turns`` earlier turns: the last turn's window grown by
+    one, then kept (an agent's history window grows to its cap, then slides), then every other one."""
+    likely = [] if previous is None else [previous + 1, previous]
+    return likely + [w for w in range(turns, -1, -1) if w not in likely]
 
 
 def _cut(tokenizer: Any, prompt: str, assistants: list[str]) -> list[dict[str, str]] | None:
