@@ -229,9 +229,9 @@ def test_trl_on_the_chat_export_and_trainer_on_the_token_export_fine_tune_alike(
 
     TRL's SFTTrainer (an external trainer) gets the chat export's prompt/completion columns: it must
     tokenise them to the transcript's ids and mask the prompts. The transformers Trainer gets the
-    token export's input_ids/attention_mask/labels as ``datasets`` loads them from Parquet. The loss
-    must fall for both, and since both exports hold the same trained tokens in the same contexts,
-    the two loss curves must be the same curve.
+    token export's input_ids/attention_mask/labels as ``datasets`` loads them from Parquet (and TRL
+    takes them as they are too). The loss must fall for both, and since both exports hold the same
+    trained tokens in the same contexts, the two loss curves must be the same curve.
     """
     trl = pytest.importorskip("trl")
     from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
@@ -274,6 +274,11 @@ def test_trl_on_the_chat_export_and_trainer_on_the_token_export_fine_tune_alike(
     print(f"transformers Trainer, {len(tokens)} token rows: response NLL {before:.3f} -> {after:.3f}")
     assert len(curve) == STEPS and after < 0.6 * before
     assert curve == pytest.approx(trl_curve, rel=2e-3)
+    # TRL takes the token export as it is too: already tokenised, labels kept.
+    config = trl.SFTConfig(output_dir=str(tmp_path / "trl-tokens"), per_device_train_batch_size=len(tokens),
+                           activation_checkpointing=False, **common)  # fmt: skip
+    as_is = trl.SFTTrainer(model=model, args=config, train_dataset=tokens, processing_class=stored["tokenizer"]).train_dataset
+    assert as_is["input_ids"] == tokens["input_ids"] and as_is["labels"] == tokens["labels"]
 
 
 def test_an_eval_run_exports_with_the_tokenizer_of_its_model(tiny_chat_model, tmp_path):
