@@ -25,8 +25,8 @@ link cannot lead out of it). A load runs on the thread that generates, between t
 model (every name, every shape) before any is copied: a refused update leaves the old weights serving.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: FastAPI reads the route functions' annotations at run time, and
+# ``Request`` is imported inside :func:`add_weight_routes` (FastAPI stays an optional dependency).
 import asyncio
 import os
 from pathlib import Path

@@ -114,6 +114,9 @@ def check_behaviour_logprobs(
     metrics = behaviour_logprob_gap(learner.model, episodes, version=learner.step, max_tokens=max_tokens,
                                     device=learner.device, precision=learner.config.precision, seed=seed)  # fmt: skip
     gap = metrics.get("exact/max_abs_logp_diff")
+    if gap is None and any(t.logprobs is not None and any(t.sampled) for ep in episodes for t in ep.transcripts):
+        log.warning("no sampled token of the batch is labelled with the learner's version %d: did the rollout engine "
+                    "take the last weight update?", learner.step)  # fmt: skip
     if gap is not None and gap > tolerance:
         message = (f"rollout log-probs differ from the learner's at version {learner.step}: max |diff| {gap:.3g} over "
                    f"{metrics['exact/tokens']} tokens (mean {metrics['exact/mean_abs_logp_diff']:.3g}, tolerance "
