@@ -82,7 +82,7 @@ class VLLMPolicy:
             if "logprobs_mode" not in str(exc):
                 raise
             self.llm = vllm.LLM(**kwargs)
-        self.tokenizer = self.llm.get_tokenizer()
+        self.tokenizer = None if kwargs.get("skip_tokenizer_init") else self.llm.get_tokenizer()  # ids in, ids out
         self.name = name or model
         self.version = 0
         self.sleep_mode = sleep_mode
@@ -107,7 +107,9 @@ class VLLMPolicy:
             top_k=sampling.top_k if sampling.top_k else -1,
             stop=list(sampling.stop) or None,
             stop_token_ids=list(sampling.stop_token_ids) if sampling.stop_token_ids is not None else None,
+            ignore_eos=sampling.stop_token_ids is not None,  # given stop ids replace the end-of-sequence ids
             include_stop_str_in_output=True,
+            detokenize=self.tokenizer is not None,
             seed=sampling.seed,
             logprobs=0,
         )
@@ -121,7 +123,7 @@ class VLLMPolicy:
             if sample.logprobs is not None:
                 logprobs = [float(step[token].logprob) for step, token in zip(sample.logprobs, ids, strict=True)]
             reason = "length" if sample.finish_reason == "length" else "stop"
-            completions.append(Completion(ids, logprobs, reason, text=sample.text))  # type: ignore[arg-type]
+            completions.append(Completion(ids, logprobs, reason, text=sample.text or None))  # type: ignore[arg-type]
         return completions
 
     # -- weight sync ----------------------------------------------------------------------------
