@@ -53,6 +53,16 @@ def collect(engine, seed: int):
         return collector.run(TASKS, group_size=2, seed=seed)
 
 
+def perturbed(model, scale: float = 0.05) -> dict:
+    """The state dict of a copy of ``model`` with seeded noise on every parameter (tied embeddings stay tied)."""
+    other = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=generator))
+    return other.state_dict()
+
+
 def sampled_versions(episodes) -> set[int]:
     return {v for ep in episodes for t in ep.transcripts for v, s in zip(t.versions, t.sampled, strict=True) if s}
 
@@ -250,8 +260,7 @@ def test_a_weight_update_waits_for_the_requests_queued_before_it(tiny_chat_model
     from agentrl.policies.published import read_version
 
     policy = HFPolicy(tiny_chat_model, device="cpu", seed=0)
-    new_state = {k: v + 0.05 * torch.randn_like(v) for k, v in policy.model.state_dict().items()}
-    path = WeightPublisher(tmp_path).publish(new_state, 1)
+    path = WeightPublisher(tmp_path).publish(perturbed(policy.model, scale=0.5), 1)
     prompt = [[5, 6, 7, 8]]
     greedy = SamplingParams(max_new_tokens=6, temperature=0.0, stop_token_ids=())
     old_ids = policy.generate(prompt, greedy)[0].token_ids
@@ -341,3 +350,36 @@ def test_an_unreachable_server_is_one_policy_error(tiny_chat_model, tmp_path):
     with pytest.raises(PolicyError, match="cannot connect"):
         build_rollout_engine(config, tiny_chat_model, weights_dir=Path(tmp_path), device="cpu")
     assert time.perf_counter() - started < 30
+
+
+def test_an_async_worker_on_the_openai_backend_loads_each_version_into_its_server(tiny_chat_model, tmp_path):
+    """mle_async's worker: between groups it makes its own server run the newest published version."""
+    from agentrl.distributed.weights import WeightPublisher
+    from agentrl.distributed.worker import RolloutWorker, WorkerSpec
+    from agentrl.store import open_store
+
+    weights = tmp_path / "weights"
+    publisher = WeightPublisher(weights, keep=2)
+    base = HFPolicy(tiny_chat_model, device="cpu", seed=0)
+    publisher.publish(base.model.state_dict(), 0)
+    newer = perturbed(base.model)
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+    with open_store(store_url) as store:
+        run_id = store.start_run("async", env_id=ENV_ID, kind="train")
+    with PolicyServer(HFPolicy(tiny_chat_model, device="cpu", seed=0), weights_dir=weights) as server:
+        spec = WorkerSpec(model=tiny_chat_model, env="textworld", store=store_url, run_id=run_id,
+                          weights_dir=str(weights), split="valid", max_turns=1, max_new_tokens=8, max_parallel=2,
+                          rollout=RolloutConfig(backend="openai", url=server.url))  # fmt: skip
+        worker = RolloutWorker(spec, 0)
+        first = worker.collect("c1", TASKS[0], group_size=2, seed=0)
+        assert first["policy_version"] == 0 == server.policy.version
+        publisher.publish(newer, 1)
+        second = worker.collect("c2", TASKS[0], group_size=2, seed=0)
+        assert second["policy_version"] == 1 == server.policy.version
+        served = server.policy.model.state_dict()
+        assert all(torch.equal(served[k], newer[k]) for k in newer)
+        with open_store(store_url) as store:
+            versions = {ep.policy_version for ep in store.read_episodes(run_id)}
+        assert versions == {0, 1}
+        worker.close()
+        worker.policy.close()
