@@ -193,6 +193,8 @@ def guarded_server(tiny_chat_model, tmp_path_factory):
     outside = tmp_path_factory.mktemp("outside")
     WeightPublisher(outside).publish(policy.model.state_dict(), 7)
     (weights / "escape").symlink_to(outside / "v7")
+    (weights / "corrupt").mkdir()
+    (weights / "corrupt" / "model.safetensors").write_bytes(b"\xff" * 64)  # not a safetensors file
     with PolicyServer(policy, weights_dir=weights, api_key="k") as server:
         yield {"server": server, "weights": weights, "good": good, "bad": bad, "outside": outside / "v7"}
 
@@ -235,6 +237,9 @@ def test_weights_that_do_not_fit_are_refused_and_the_old_weights_keep_serving(gu
     assert reply.status_code == 400 and "wrong shape ['model.norm.weight']" in reply.json()["error"]["message"]
     after = server.policy.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before) and server.policy.version == 0
+    corrupt = post(server, "/collective_rpc", rpc(guarded_server["weights"] / "corrupt"))
+    assert corrupt.status_code == 400 and corrupt.json()["error"]["code"] == "invalid_weights"
+    assert server.policy.version == 0
     ok = post(server, "/collective_rpc", rpc(guarded_server["good"]))
     assert ok.status_code == 200 and ok.json() == {"results": [{"version": 5}]} and server.policy.version == 5
 

@@ -68,10 +68,12 @@ class WeightUpdates:
 
     async def load(self, path: Path, version: int | None) -> None:
         """Run ``policy.load_published`` between two batches; a refused load is a 400 naming why."""
+        from safetensors import SafetensorError
+
         policy = self.server.policy
         try:
             await asyncio.wrap_future(self.server.batcher.call(lambda: policy.load_published(path, version)))
-        except (PolicyError, RuntimeError, ValueError, KeyError, OSError) as exc:  # a file that does not fit the model
+        except (PolicyError, SafetensorError, RuntimeError, ValueError, KeyError, OSError) as exc:  # a file that does not fit
             first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             raise APIError(400, f"cannot load {path}: {first}", code="invalid_weights") from None
 
