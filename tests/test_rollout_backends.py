@@ -87,8 +87,8 @@ def assert_follows_the_learner(seen) -> None:
     for earlier, later in zip(seen, seen[1:], strict=False):
         exact = later["exact"]
         assert exact["exact/tokens"] >= 20 and exact["exact/max_abs_logp_diff"] < 1e-4  # new weights, exactly
-        stale = behaviour_logprob_gap(earlier["model_before"], later["episodes"], version=earlier["version"],
-                                      max_tokens=100_000, precision="fp32")  # fmt: skip
+        scorer = Learner(earlier["model_before"], LearnerConfig(precision="fp32"))  # the weights before the update
+        stale = behaviour_logprob_gap(scorer, later["episodes"], version=earlier["version"], max_tokens=100_000)
         assert stale["exact/tokens"] == exact["exact/tokens"]
         assert stale["exact/mean_abs_logp_diff"] > 1e-3  # ... and not the weights before the update
 
