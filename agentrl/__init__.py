@@ -5,7 +5,7 @@ more. Engines, torch and the store are imported when first used.
 """
 
 from agentrl.checker import EnvCheckError, check_env
-from agentrl.core import EpisodeOver, TextEnv, TextSpace
+from agentrl.core import EpisodeOver, PromptSpec, TextEnv, TextSpace
 from agentrl.registry import (
     MissingDependencyError,
     NotATextEnvError,
@@ -22,6 +22,7 @@ __all__ = [
     "EpisodeOver",
     "MissingDependencyError",
     "NotATextEnvError",
+    "PromptSpec",
     "TextEnv",
     "TextSpace",
     "UnknownEnvError",

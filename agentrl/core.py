@@ -29,6 +29,7 @@ from __future__ import annotations
 import abc
 import string
 import unicodedata
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -94,12 +95,27 @@ def clean_action(action: Any, max_chars: int = MAX_ACTION_CHARS) -> tuple[str, s
     return text, None
 
 
+@dataclass(frozen=True)
+class PromptSpec:
+    """How an environment asks to be presented to a language model: the env author's one place for it.
+
+    An agent builds its system prompt from ``description`` plus its own action format, and shows the
+    admissible actions (at most ``max_admissible``) with each observation when ``list_admissible``.
+    """
+
+    description: str  # what the agent is and what it must do, in one or two sentences
+    list_admissible: bool = True  # show the admissible actions (when the env gives them) with each observation
+    max_admissible: int = 60  # show at most this many admissible actions
+
+
 class TextEnv(gym.Env[str, str], abc.ABC):
     """Base class of every agentrl environment (see the module docstring for the contract)."""
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}
     #: Splits this env knows; the first is the default.
     splits: ClassVar[tuple[str, ...]] = ("train", "valid", "test")
+    #: How a language-model agent presents this env (system prompt, admissible-action listing).
+    prompt: ClassVar[PromptSpec] = PromptSpec("You are an agent acting in a text environment.")
 
     def __init__(self, *, split: str | None = None, max_turns: int = 50, render_mode: str | None = None):
         split = split or self.splits[0]

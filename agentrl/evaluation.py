@@ -1,22 +1,34 @@
-"""Evaluate a scripted agent on a fixed task panel and summarise the outcome.
+"""Evaluate an agent (scripted or a model) on a fixed task panel and summarise the outcome.
 
 The panel is the first ``episodes`` task ids of ``env.task_ids(split)``, in order; each task is run
 ``group_size`` times with seeds ``seed, seed + 1, ...`` so a report can be reproduced exactly.
-An episode that fails (the env or the agent raises) is recorded with its error and counts as lost;
-it never stops the evaluation.
+Episodes are played by the one episode runner (:class:`~agentrl.rollout.collector.Collector`), so
+model episodes carry their exact transcripts and go to the store like training rollouts. An episode
+that fails (the env or the agent raises) is recorded with its error and counts as lost; it never
+stops the evaluation.
 """
 
 from __future__ import annotations
 
+import copy
 import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agentrl.agents.llm import LLMAgent
 from agentrl.agents.scripted import ScriptedAgent
 from agentrl.core import TextEnv
-from agentrl.trajectory import Episode, Step
+from agentrl.policies.base import Policy, SamplingParams
+from agentrl.rollout.actors import ModelActor, ScriptedActor
+from agentrl.rollout.collector import Collector
+from agentrl.trajectory import Episode
+
+
+def scripted_actor(agent: ScriptedAgent) -> ScriptedActor:
+    """An actor playing a copy of ``agent`` per episode (scripted agents keep per-episode state)."""
+    return ScriptedActor(lambda: copy.copy(agent), name=agent.name)
 
 
 def run_episode(
@@ -30,44 +42,10 @@ def run_episode(
     split: str | None = None,
 ) -> Episode:
     """Play one episode to its end; exceptions become ``episode.error``, never propagate."""
-    episode = Episode(env_id=env_id, task_id=task_id, split=split, seed=seed, group_id=group_id, agent=agent.name)
-    try:
-        obs, info = env.reset(seed=seed, options={"task": task_id})
-        episode.instruction = info.get("instruction")
-        episode.first_observation = obs
-        episode.meta["reset_info"] = _jsonable(info)
-        agent.reset(env, seed=seed)
-        done = False
-        while not done:
-            t0 = time.perf_counter()
-            action = agent.act(obs, info)
-            t1 = time.perf_counter()
-            next_obs, reward, terminated, truncated, info = env.step(action)
-            t2 = time.perf_counter()
-            episode.steps.append(
-                Step(obs, action, reward, terminated, truncated, _jsonable(info), t2 - t1, t1 - t0)
-            )
-            obs, done = next_obs, terminated or truncated
-            episode.won, episode.progress = info["won"], info["progress"]
-    except Exception as exc:  # a failing episode never kills a run
-        episode.error = f"{type(exc).__name__}: {exc}"
-        episode.won = False
-    episode.finished_at = time.time()
+    episode = Collector(lambda: env, scripted_actor(agent), env_id=env_id, max_parallel=1, split=split).run([task_id], seed=seed)[0]
+    if group_id is not None:
+        episode.group_id = group_id
     return episode
-
-
-def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in info.items():
-        if isinstance(value, str | int | float | bool | type(None)):
-            out[key] = value
-        elif isinstance(value, list | tuple):
-            out[key] = [v if isinstance(v, str | int | float | bool | type(None)) else str(v) for v in value]
-        elif isinstance(value, dict):
-            out[key] = _jsonable(value)
-        else:
-            out[key] = str(value)
-    return out
 
 
 @dataclass
@@ -130,6 +108,27 @@ class EvalReport:
         }
 
 
+def run_panel(
+    collector: Collector,
+    *,
+    split: str,
+    panel: list[str],
+    group_size: int = 1,
+    seed: int = 0,
+    env_kwargs: dict[str, Any] | None = None,
+) -> EvalReport:
+    """Play ``group_size`` episodes of every task of ``panel`` with ``collector``; episodes are
+    reported in panel order, then seed."""
+    start = time.perf_counter()
+    episodes = collector.run(panel, group_size=group_size, seed=seed)
+    order = {task: index for index, task in enumerate(panel)}
+    episodes.sort(key=lambda ep: (order.get(ep.task_id, 0), ep.seed or 0))
+    return EvalReport(
+        collector.env_id, collector.actor.name, split, seed, group_size, panel, episodes,
+        time.perf_counter() - start, dict(env_kwargs or {}),
+    )  # fmt: skip
+
+
 def evaluate(
     env: TextEnv,
     agent: ScriptedAgent,
@@ -142,26 +141,49 @@ def evaluate(
     env_kwargs: dict[str, Any] | None = None,
     on_episode: Callable[[Episode], None] | None = None,
 ) -> EvalReport:
-    """Run ``agent`` on the first ``episodes`` tasks of the ``split`` panel (all of it when ``None``)."""
+    """Run a scripted ``agent`` on the first ``episodes`` tasks of the ``split`` panel (all of it when ``None``).
+
+    Episodes run one after another on ``env`` (which stays open: it is the caller's).
+    """
     panel = env.task_ids(split)
     if episodes is not None:
         panel = panel[:episodes]
-    start = time.perf_counter()
-    results: list[Episode] = []
-    for index, task_id in enumerate(panel):
-        for member in range(group_size):
-            episode = run_episode(
-                env,
-                agent,
-                env_id=env_id,
-                task_id=task_id,
-                seed=seed + member,
-                group_id=f"{task_id}#{index}",
-                split=split,
-            )
-            results.append(episode)
-            if on_episode is not None:
-                on_episode(episode)
-    return EvalReport(
-        env_id, agent.name, split, seed, group_size, panel, results, time.perf_counter() - start, dict(env_kwargs or {})
-    )
+    runner = Collector(lambda: env, scripted_actor(agent), env_id=env_id, max_parallel=1, split=split, on_episode=on_episode)
+    return run_panel(runner, split=split, panel=panel, group_size=group_size, seed=seed, env_kwargs=env_kwargs)
+
+
+def evaluate_model(
+    env_fn: Callable[[], TextEnv],
+    policy: Policy,
+    agent: LLMAgent,
+    *,
+    env_id: str,
+    split: str,
+    panel: list[str],
+    sampling: SamplingParams,
+    group_size: int = 1,
+    seed: int = 0,
+    max_parallel: int = 8,
+    env_kwargs: dict[str, Any] | None = None,
+    on_episode: Callable[[Episode], None] | None = None,
+) -> tuple[EvalReport, dict[str, Any]]:
+    """Run a model on the panel; returns the report and model details (tokens, timings) for the JSON report."""
+    actor = ModelActor(policy, agent, sampling)
+    with Collector(env_fn, actor, env_id=env_id, max_parallel=max_parallel, split=split, on_episode=on_episode) as runner:
+        report = run_panel(runner, split=split, panel=panel, group_size=group_size, seed=seed, env_kwargs=env_kwargs)
+        env_seconds = runner.stats["env_seconds"]
+    episodes = report.episodes
+    details = {
+        "model": policy.name,
+        "policy_version": policy.version,
+        "sampling": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(sampling).items()},
+        "layout": agent.layout,
+        "history": agent.history,
+        "max_parallel": max_parallel,
+        "tokens_generated": actor.stats["tokens_generated"],
+        "generate_seconds": actor.stats["generate_seconds"],
+        "env_seconds": env_seconds,
+        "truncated_by_context": sum(ep.meta.get("truncated_reason") == "context_length" for ep in episodes),
+        "parse_errors": sum(bool(s.info.get("parse_error")) for ep in episodes for s in ep.steps),
+    }
+    return report, details

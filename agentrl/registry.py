@@ -11,6 +11,7 @@ entry point names a callable that calls :func:`register`. They are discovered la
 from __future__ import annotations
 
 import difflib
+import importlib
 import importlib.util
 import inspect
 import warnings
@@ -162,6 +163,13 @@ def resolve(id_or_alias: str) -> EnvEntry:
     )
 
 
+def _check_installed(entry: EnvEntry) -> None:
+    missing = entry.missing()
+    if missing:
+        hint = f"pip install 'agentrl[{entry.extra}]'" if entry.extra else f"pip install {' '.join(missing)}"
+        raise MissingDependencyError(f"{entry.id} needs {', '.join(missing)}, which is not installed: {hint}")
+
+
 def make(id_or_alias: str, **kwargs: Any):
     """Create an environment by id or alias; ``kwargs`` override the registered defaults.
 
@@ -172,20 +180,29 @@ def make(id_or_alias: str, **kwargs: Any):
     ``gymnasium.Env``.
     """
     if id_or_alias.startswith(("http://", "https://")):
-        from agentrl.envserver.client import RemoteEnv
-
-        return RemoteEnv(id_or_alias, **kwargs)
+        return gym.make(REMOTE_ID, url=id_or_alias, **kwargs).unwrapped
     entry = resolve(id_or_alias)
-    missing = entry.missing()
-    if missing:
-        hint = f"pip install 'agentrl[{entry.extra}]'" if entry.extra else f"pip install {' '.join(missing)}"
-        raise MissingDependencyError(f"{entry.id} needs {', '.join(missing)}, which is not installed: {hint}")
+    _check_installed(entry)
     env = gym.make(entry.id, **kwargs).unwrapped
     if not isinstance(env, TextEnv):
         error = _not_a_textenv(entry.id, type(env))
         env.close()
         raise error
     return env
+
+
+def env_class(id_or_alias: str) -> type | None:
+    """The class an id's entry point names (imported, not instantiated); ``None`` for a factory function.
+
+    Class attributes such as ``splits`` and ``prompt`` are read from it without building an env.
+    """
+    entry = resolve(id_or_alias)
+    _check_installed(entry)
+    target = entry.entry_point
+    if isinstance(target, str):
+        module, _, name = target.partition(":")
+        target = getattr(importlib.import_module(module), name)
+    return target if isinstance(target, type) else None
 
 
 def _register_builtins() -> None:

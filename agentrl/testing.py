@@ -25,8 +25,11 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
+
+from agentrl.trajectory import Episode, Step, Transcript
 
 #: Special tokens of the ChatML family; ``<|im_end|>`` ends an assistant turn (the EOS of a chat).
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -150,6 +153,45 @@ def tiny_model(
     tokenizer.save_pretrained(directory)
     (directory / "agentrl_tiny.json").write_text(json.dumps({"chat_template": chat_template, "seed": seed}) + "\n")
     return str(directory)
+
+
+def token_episode(
+    turns: Sequence[dict[str, Any]],
+    *,
+    layout: str = "concat",
+    env_id: str = "agentrl/Test-v0",
+    task_id: str = "t",
+    group_id: str | None = None,
+    **fields: Any,
+) -> Episode:
+    """A model episode from per-turn token data, with the transcripts an agent would have written.
+
+    Each turn is a dict with ``prompt`` and ``response`` ids and optionally ``reward``,
+    ``loss_mask``, ``logprobs``, ``entropies``, ``version``, ``env_seconds``, ``observation``,
+    ``action``. In the concat layout a turn whose prompt extends the open transcript appends to it
+    (only the new prompt ids, then the response); any other turn, and every turn with
+    ``layout="per_step"``, starts a new transcript. For synthetic batches in tests and benchmarks.
+    """
+    steps, transcripts = [], []
+    for index, t in enumerate(turns):
+        steps.append(
+            Step(
+                observation=t.get("observation", f"observation {index}"), action=t.get("action", "act"),
+                reward=float(t.get("reward", 0.0)), env_seconds=float(t.get("env_seconds", 0.0)),
+                policy_version=t.get("version"),
+            )
+        )  # fmt: skip
+        prompt = list(t["prompt"])
+        current = transcripts[-1] if transcripts and layout == "concat" else None
+        if current is None or prompt[: len(current.ids)] != current.ids:
+            current = Transcript()
+            transcripts.append(current)
+        current.append_prompt(prompt[len(current.ids) :], index)
+        current.append_sampled(
+            t["response"], index, logprobs=t.get("logprobs"), entropies=t.get("entropies"),
+            loss_mask=t.get("loss_mask"), version=t.get("version"),
+        )  # fmt: skip
+    return Episode(env_id=env_id, task_id=task_id, group_id=group_id, steps=steps, transcripts=transcripts, **fields)
 
 
 def hub_cache(model_dir: str | Path, cache_dir: str | Path, repo_id: str, *, commit: str | None = None) -> Path:

@@ -20,13 +20,14 @@ import torch
 from _common import write_result
 from learner_throughput import build_model
 
+from agentrl.testing import token_episode
 from agentrl.training.config import LearnerConfig
 from agentrl.training.learner import Learner
-from agentrl.trajectory import Episode, Step
+from agentrl.trajectory import Episode
 
 
 def episodes(
-    n: int, turns: int, first_prompt: int, observation: int, response: int, vocab: int
+    n: int, turns: int, first_prompt: int, observation: int, response: int, vocab: int, layout: str
 ) -> list[Episode]:
     g = torch.Generator().manual_seed(0)
 
@@ -39,11 +40,9 @@ def episodes(
         for _ in range(turns):
             answer = ids(response)
             logprobs = (-torch.rand(response, generator=g) * 5).tolist()
-            steps.append(
-                Step("o", "a", reward=float(e % 2), prompt_ids=prompt, response_ids=answer, logprobs=logprobs)
-            )
+            steps.append(dict(prompt=prompt, response=answer, logprobs=logprobs, reward=float(e % 2)))
             prompt = prompt + answer + ids(observation)
-        out.append(Episode(env_id="bench", task_id=str(e // 4), group_id=str(e // 4), steps=steps))
+        out.append(token_episode(steps, layout=layout, env_id="bench", task_id=str(e // 4), group_id=str(e // 4)))
     return out
 
 
@@ -53,10 +52,9 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     vocab, n, turns, first_prompt, observation, response = 32000, 8, 6, 64, 48, 16
-    batch = episodes(n, turns, first_prompt, observation, response, vocab)
+    batches = {layout: episodes(n, turns, first_prompt, observation, response, vocab, layout) for layout in ("per_step", "concat")}
     learners = {
-        layout: Learner(build_model(vocab, device), LearnerConfig(lr=1e-6, layout=layout, precision="fp32"))
-        for layout in ("per_step", "concat")
+        layout: Learner(build_model(vocab, device), LearnerConfig(lr=1e-6, precision="fp32")) for layout in batches
     }
     seconds: dict[str, list[float]] = {layout: [] for layout in learners}
     tokens: dict[str, float] = {}
@@ -65,7 +63,7 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            (metrics,) = learner.update(batch)
+            (metrics,) = learner.update(batches[layout])
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if repeat:

@@ -22,10 +22,11 @@ import torch
 from _common import write_result
 
 from agentrl.algorithms import ppo
+from agentrl.testing import token_episode
+from agentrl.training.batch import build_batch, collate
 from agentrl.training.config import LearnerConfig
 from agentrl.training.learner import Learner
-from agentrl.training.rows import build_rows, collate
-from agentrl.trajectory import Episode, Step
+from agentrl.trajectory import Episode
 
 
 def build_model(vocab: int, device: torch.device):
@@ -46,10 +47,8 @@ def episodes(n_rows: int, prompt_len: int, response_len: int, vocab: int) -> lis
         prompt = torch.randint(0, vocab, (prompt_len,), generator=g).tolist()
         response = torch.randint(0, vocab, (response_len,), generator=g).tolist()
         logprobs = (-torch.rand(response_len, generator=g) * 5).tolist()
-        step = Step(
-            "o", "a", reward=float(k % 4), prompt_ids=prompt, response_ids=response, logprobs=logprobs
-        )
-        out.append(Episode(env_id="bench", task_id=str(k // 4), group_id=str(k // 4), steps=[step]))
+        turn = dict(prompt=prompt, response=response, logprobs=logprobs, reward=float(k % 4))
+        out.append(token_episode([turn], env_id="bench", task_id=str(k // 4), group_id=str(k // 4)))
     return out
 
 
@@ -59,6 +58,7 @@ def naive_step(model, optimizer, batch, advantages) -> None:
     logp_all = torch.log_softmax(logits.float(), dim=-1)
     targets = batch["targets"].clamp(min=0)
     logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B, L]
+    logp = logp[batch["step_seq"], batch["step_pos"]]  # [S, R]
     loss = ppo.clip_loss(logp, batch["old_logp"], advantages, batch["mask"])
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -81,9 +81,9 @@ def main() -> None:
     )
     baseline_model = build_model(vocab, device)
     optimizer = torch.optim.AdamW(baseline_model.parameters(), lr=1e-6)
-    rows = build_rows(batch_episodes)
-    batch = collate(rows, list(range(rows.n_rows)), 0, device)
-    advantages = learner.advantages(rows).to(device)
+    rows = build_batch(batch_episodes)
+    batch = collate(rows, list(range(len(rows.sequences))), 0, device)
+    advantages = learner.advantages(rows)[batch["steps"]].to(device)
 
     def timed(fn) -> float:
         if device.type == "cuda":

@@ -51,7 +51,7 @@ def main() -> None:
     from agentrl.agents.llm import ACTION_STOP, PromptFormat
     from agentrl.policies import HFPolicy, SamplingParams
     from agentrl.retroformer import Reflector, ReflexionAgent, retrospective_batch, run_trials
-    from agentrl.rollout.collector import Collector
+    from agentrl.rollout import Collector, ModelActor
     from agentrl.testing import tiny_model
     from agentrl.training.config import LearnerConfig
     from agentrl.training.learner import Learner
@@ -82,8 +82,8 @@ def main() -> None:
     def arm(memory_size: int, name: str, seed: int):
         agent.memory_size = memory_size
         arm_actor = HFPolicy(actor.model, actor.tokenizer, seed=args.seed, name="actor")  # same sampling stream per arm
-        with Collector(lambda: agentrl.make("textworld", split="train", max_turns=args.max_turns), arm_actor, agent,
-                       env_id=ENV_ID, sampling=actor_sampling, max_parallel=8) as collector:
+        with Collector(lambda: agentrl.make("textworld", split="train", max_turns=args.max_turns),
+                       ModelActor(arm_actor, agent, actor_sampling), env_id=ENV_ID, max_parallel=8) as collector:
             return run_trials(collector, agent, reflector, tasks, trials=args.trials, seed=seed, chain_prefix=f"{name}/")
 
     results = {}

@@ -24,7 +24,7 @@ from agentrl.agents.llm import ACTION_STOP, LLMAgent, prompt_format_for
 from agentrl.environments.textworld.env import game_path
 from agentrl.policies import SamplingParams
 from agentrl.policies.hf import HFPolicy
-from agentrl.rollout import Collector
+from agentrl.rollout import Collector, ModelActor
 from agentrl.testing import tiny_model
 
 
@@ -58,9 +58,10 @@ def main() -> None:
 
     rows = []
     for parallel in args.parallel:
-        with Collector(env_fn, policy, agent, env_id="agentrl/TextWorld-v0", sampling=sampling, max_parallel=parallel) as col:
+        actor = ModelActor(policy, agent, sampling)
+        with Collector(env_fn, actor, env_id="agentrl/TextWorld-v0", max_parallel=parallel) as col:
             col.run(tasks[:1], group_size=1, seed=99)  # warm-up: env start, first forward
-            col.stats = dict.fromkeys(col.stats, 0)
+            actor.stats = dict.fromkeys(actor.stats, 0)
             start = time.perf_counter()
             episodes = col.run(tasks, group_size=group, seed=0)
             wall = time.perf_counter() - start
@@ -70,10 +71,10 @@ def main() -> None:
                 "turns": sum(ep.turns for ep in episodes),
                 "wall_seconds": wall,
                 "episodes_per_second": len(episodes) / wall,
-                "generate_calls": col.stats["generate_calls"],
-                "generation_share": col.stats["generate_seconds"] / wall,
+                "generate_calls": actor.stats["generate_calls"],
+                "generation_share": actor.stats["generate_seconds"] / wall,
                 "env_share": sum(s.env_seconds for ep in episodes for s in ep.steps) / wall,
-                "tokens_generated": col.stats["tokens_generated"],
+                "tokens_generated": actor.stats["tokens_generated"],
             })  # fmt: skip
     base = rows[0]["episodes_per_second"]
     print(f"{'parallel':>8} {'episodes/s':>10} {'speed-up':>8} {'gen share':>9} {'env share':>9} {'generate calls':>14}")

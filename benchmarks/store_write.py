@@ -2,15 +2,16 @@
 
 The same synthetic steps (default 20,000: 2,000 episodes x 10 turns; each turn 300 prompt ids,
 40 response ids, 40-long loss mask, logprobs and entropies, a ~200-character observation, a short
-action and a small info dict) are written
+action and a small info dict; per-step layout, so one 340-token transcript per turn) are written
 
-* as JSONL with the standard library: one ``json.dumps`` line per step, flushed after each episode;
+* as JSONL with the standard library: one ``json.dumps`` line per step (with its turn's transcript),
+  flushed after each episode;
 * through ``Store.write_episode`` to SQLite (one transaction per episode, WAL);
 * through ``Store.write_episode`` to PostgreSQL, when a server is available (``--postgres-url``, or a
   private one started from the local ``postgresql`` binaries on 127.0.0.1).
 
-Prompts are independent random ids per turn (the per-step layout), so the store's prefix-delta
-compression of concat-layout prompts gives it no advantage here. Targets (issue 3): SQLite at least
+Prompts are independent random ids per turn (the per-step layout), so the one-transcript-per-episode
+saving of the concat layout gives the store no advantage here. Targets (issue 3): SQLite at least
 half as fast as JSONL and at least 5,000 steps/s on a 2-core machine.
 
     python benchmarks/store_write.py [--steps 20000] [--postgres-url URL | --no-postgres]
@@ -31,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from agentrl.store import open_store
-from agentrl.trajectory import Episode, Step
+from agentrl.testing import token_episode
+from agentrl.trajectory import Episode
 
 TURNS = 10
 WORDS = "you are in a kitchen there is a fridge a table and an apple on the counter to the north a door".split()
@@ -48,27 +50,28 @@ def synthetic_episodes(steps: int, seed: int = 0) -> list[Episode]:
             logprobs = (-np_rng.exponential(1.0, 40)).astype(np.float32).tolist()  # as a model returns them
             entropies = np_rng.uniform(0.0, 3.0, 40).astype(np.float32).tolist()
             turns.append(
-                Step(
+                dict(
                     observation=observation,
                     action=f"take {rng.choice(WORDS)} from {rng.choice(WORDS)}",
                     reward=1.0 if turn == TURNS - 1 else 0.0,
-                    terminated=turn == TURNS - 1,
-                    info={"turn": turn + 1, "won": turn == TURNS - 1, "progress": turn / TURNS, "invalid_action": False},
                     env_seconds=rng.random() * 0.01,
-                    generation_seconds=rng.random() * 0.5,
-                    prompt_ids=np_rng.integers(0, 151_000, 300).tolist(),
-                    response_ids=np_rng.integers(0, 151_000, 40).tolist(),
-                    loss_mask=[1] * 40,
+                    prompt=np_rng.integers(0, 151_000, 300).tolist(),
+                    response=np_rng.integers(0, 151_000, 40).tolist(),
                     logprobs=logprobs,
                     entropies=entropies,
-                    policy_version=index // 100,
+                    version=index // 100,
                 )
             )
-        episodes.append(
-            Episode(env_id="agentrl/Synthetic-v0", task_id=f"task-{index % 50}", split="train", seed=index,
-                    group_id=f"group-{index // 8}", agent="bench", policy_version=index // 100,
-                    first_observation=turns[0].observation, steps=turns, won=True, progress=1.0)  # fmt: skip
-        )
+        episode = token_episode(
+            turns, layout="per_step", env_id="agentrl/Synthetic-v0", task_id=f"task-{index % 50}", split="train",
+            seed=index, group_id=f"group-{index // 8}", agent="bench", policy_version=index // 100,
+            first_observation=turns[0]["observation"], won=True, progress=1.0,
+        )  # fmt: skip
+        for turn, step in enumerate(episode.steps):
+            step.terminated = turn == TURNS - 1
+            step.info = {"turn": turn + 1, "won": turn == TURNS - 1, "progress": turn / TURNS, "invalid_action": False}
+            step.generation_seconds = rng.random() * 0.5
+        episodes.append(episode)
     return episodes
 
 
@@ -78,8 +81,8 @@ def write_jsonl(path: Path, episodes: list[Episode]) -> tuple[float, float]:
         for episode_index, episode in enumerate(episodes):
             head = {"episode": episode_index, "env_id": episode.env_id, "task_id": episode.task_id,
                     "seed": episode.seed, "group_id": episode.group_id, "policy_version": episode.policy_version}  # fmt: skip
-            for turn, step in enumerate(episode.steps):
-                f.write(json.dumps({**head, "turn": turn, **step.__dict__}) + "\n")
+            for turn, (step, transcript) in enumerate(zip(episode.steps, episode.transcripts, strict=True)):
+                f.write(json.dumps({**head, "turn": turn, **step.__dict__, "tokens": transcript.__dict__}) + "\n")
             f.flush()  # hand each episode to the OS, as a store commit does
     return time.perf_counter() - start, time.process_time() - cpu
 

@@ -31,6 +31,8 @@ import os
 
 import torch
 
+from agentrl.kernels.stats import combine_partial_stats, prepare_grad_weights
+
 __all__ = ["linear_logprob_entropy", "naive_logprob_entropy", "DEFAULT_IGNORE_INDEX"]
 
 DEFAULT_IGNORE_INDEX = -100
@@ -160,34 +162,6 @@ def _check_inputs(
             first = int(targets_1d[bad][0])
             raise ValueError(f"target id {first} is outside [0, {vocab}) and is not ignore_index={ignore_index}")
     return hidden.reshape(-1, hidden.shape[-1]), targets_1d, 1.0 / temperature
-
-
-def combine_partial_stats(
-    maxes: torch.Tensor, sums: torch.Tensor, moments: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merge per-chunk statistics ``[C, N]`` into ``(lse [N], entropy [N])``.
-
-    For chunk ``c``: ``maxes[c] = max z``, ``sums[c] = sum exp(z - maxes[c])`` and
-    ``moments[c] = sum exp(z - maxes[c]) (z - maxes[c])``. An empty chunk carries ``(-inf, 0, 0)``.
-    """
-    top = maxes.max(dim=0).values  # [N]
-    has = sums > 0
-    shift = torch.where(has, maxes - top, torch.zeros_like(maxes))  # [C, N], <= 0
-    scale = torch.where(has, torch.exp(shift), torch.zeros_like(maxes))
-    total = (sums * scale).sum(dim=0)  # sum exp(z - top)
-    moment = (scale * (moments + shift * sums)).sum(dim=0)  # sum exp(z - top) (z - top)
-    log_total = torch.log(total)
-    return top + log_total, log_total - moment / total
-
-
-def prepare_grad_weights(
-    grad_logprob: torch.Tensor | None, grad_entropy: torch.Tensor | None, valid: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Upstream gradients as float32 ``[N]`` with ``None`` (output unused) as 0 and ignored rows zeroed."""
-    zeros = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device)
-    g_lp = zeros if grad_logprob is None else torch.where(valid, grad_logprob.float(), zeros)
-    g_ent = zeros if grad_entropy is None else torch.where(valid, grad_entropy.float(), zeros)
-    return g_lp.contiguous(), g_ent.contiguous()
 
 
 def _chunk_len(num_rows: int, vocab: int, chunk_size: int | None, device: torch.device) -> int:

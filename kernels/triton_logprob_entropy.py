@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from agentrl.kernels.logprob_entropy import combine_partial_stats, prepare_grad_weights
+from agentrl.kernels.stats import combine_partial_stats, prepare_grad_weights
 
 __all__ = ["TritonLinearLogprobEntropy", "forward_stats", "backward_dz"]
 

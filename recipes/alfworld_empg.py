@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from agentrl.recipes._benchmark import BenchmarkConfig, learner
 from agentrl.recipes.textworld_grpo import main
-from agentrl.training.config import EMPGConfig, LearnerConfig
+from agentrl.training.config import LearnerConfig
 
 __all__ = ["Config", "main"]
 
@@ -22,4 +22,4 @@ class Config(BenchmarkConfig):
     max_turns: int = 50  # turn budget per episode (verl-agent: 50 steps)
     eval_split: str = "valid_unseen"  # evaluation panel (out-of-distribution games)
     eval_tasks: int = 134  # evaluate on the first N tasks of the eval panel
-    learner: LearnerConfig = field(default_factory=lambda: learner(empg=EMPGConfig()))  # EMPG k = k' = 1, zeta = 0.1 as the paper
+    learner: LearnerConfig = field(default_factory=lambda: learner(shaping=["empg"]))  # EMPG k = k' = 1, zeta = 0.1 as the paper

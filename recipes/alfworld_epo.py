@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from agentrl.recipes._benchmark import BenchmarkConfig, learner
 from agentrl.recipes.textworld_grpo import main
-from agentrl.training.config import EPOConfig, LearnerConfig
+from agentrl.training.config import LearnerConfig
 
 __all__ = ["Config", "main"]
 
@@ -22,4 +22,4 @@ class Config(BenchmarkConfig):
     max_turns: int = 50  # turn budget per episode (verl-agent: 50 steps)
     eval_split: str = "valid_unseen"  # evaluation panel (out-of-distribution games)
     eval_tasks: int = 134  # evaluate on the first N tasks of the eval panel
-    learner: LearnerConfig = field(default_factory=lambda: learner(epo=EPOConfig(alpha=0.1)))  # EPO lambda 1e-3, kappa 0/2, gamma 3, alpha 0.1 (ALFWorld) as the paper
+    learner: LearnerConfig = field(default_factory=lambda: learner(terms=["epo"], options={"epo": {"alpha": 0.1}}))  # EPO lambda 1e-3, kappa 0/2, gamma 3, alpha 0.1 (ALFWorld) as the paper

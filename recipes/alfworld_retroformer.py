@@ -22,7 +22,6 @@ setting, more iterations make it online. ``iterations=0`` only evaluates.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ def _paper_learner() -> LearnerConfig:
     # lr 1.4e-5 and 4 epochs from the paper; kl 0.2 is trl's PPO initial KL coefficient, which the
     # paper's code used; LoRA r=1 from the paper with llama-recipes' alpha 32 and dropout 0.05.
     return LearnerConfig(
-        lr=1.4e-5, epochs=4, kl_coef=0.2, total_steps=40, micro_batch_tokens=16384,
+        lr=1.4e-5, epochs=4, terms=["kl"], options={"kl": {"coef": 0.2}}, micro_batch_tokens=16384,
         lora=LoRAConfig(r=1, alpha=32, dropout=0.05),
     )  # fmt: skip
 
@@ -64,7 +63,7 @@ class Config:
     normalize: str = "batch"  # rating normalisation for the advantage: batch or task
     actor_temperature: float = 0.0  # actor sampling temperature (greedy, as in Reflexion)
     actor_max_new_tokens: int = 128  # actor tokens per turn
-    reflector_temperature: float = 1.0  # reflector sampling temperature (also the learner's)
+    reflector_temperature: float = 1.0  # reflector sampling temperature (recorded with each reflection; the learner uses it)
     reflector_max_new_tokens: int = 256  # tokens per reflection
     max_parallel: int = 16  # live episodes at once (one batched generate per turn)
     layout: str = "concat"  # actor token layout: concat or per_step
@@ -81,7 +80,7 @@ def main(cfg: Config) -> dict[str, Any]:
     from agentrl.agents.llm import ACTION_STOP, prompt_format_for
     from agentrl.policies import HFPolicy, SamplingParams
     from agentrl.retroformer import Reflector, ReflexionAgent, retrospective_batch, run_trials
-    from agentrl.rollout.collector import Collector
+    from agentrl.rollout import Collector, ModelActor
     from agentrl.store import open_store
     from agentrl.training.learner import Learner
     from agentrl.training.metrics import MetricsLogger
@@ -115,7 +114,7 @@ def main(cfg: Config) -> dict[str, Any]:
     trial_run = store.start_run(f"{cfg.run_name}/trials", env_id=entry.id, config=config, kind="train")
     reflection_run = store.start_run(f"{cfg.run_name}/reflections", env_id=entry.id, config=config, kind="train")
     logger = MetricsLogger(run_dir)
-    learner_config = dataclasses.replace(cfg.learner, temperature=cfg.reflector_temperature)  # score as sampled
+    learner_config = cfg.learner.for_run(cfg.iterations)  # the reflections carry their sampling temperature
     learner = Learner(reflector_policy.model, learner_config, pad_token_id=reflector_policy.pad_id, logger=logger)
     panel_env = make_env(cfg.train_split)
     train_panel = panel_env.task_ids(cfg.train_split)[: cfg.train_tasks or None]
@@ -126,7 +125,7 @@ def main(cfg: Config) -> dict[str, Any]:
     def evaluate(iteration: int) -> None:
         if not eval_panel:
             return
-        with Collector(lambda: make_env(cfg.eval_split), actor, agent, env_id=entry.id, sampling=actor_sampling,
+        with Collector(lambda: make_env(cfg.eval_split), ModelActor(actor, agent, actor_sampling), env_id=entry.id,
                        max_parallel=cfg.max_parallel, split=cfg.eval_split) as collector:
             report = run_trials(collector, agent, reflector, eval_panel, trials=cfg.trials, seed=cfg.seed,
                                 chain_prefix=f"eval{iteration}/")
@@ -142,7 +141,7 @@ def main(cfg: Config) -> dict[str, Any]:
 
     # 3-4. trials -> store -> rated reflections read back from the store -> PPO update of the reflector
     last_id = None
-    with Collector(lambda: make_env(cfg.train_split), actor, agent, env_id=entry.id, sampling=actor_sampling,
+    with Collector(lambda: make_env(cfg.train_split), ModelActor(actor, agent, actor_sampling), env_id=entry.id,
                    max_parallel=cfg.max_parallel, split=cfg.train_split) as collector:
         for iteration in range(1, cfg.iterations + 1):
             size = min(cfg.tasks_per_iteration, len(train_panel))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from agentrl.recipes._benchmark import BenchmarkConfig, learner
 from agentrl.recipes.textworld_grpo import main
-from agentrl.training.config import EPOConfig, LearnerConfig
+from agentrl.training.config import LearnerConfig
 
 __all__ = ["Config", "main"]
 
@@ -23,4 +23,4 @@ class Config(BenchmarkConfig):
     max_turns: int = 50  # turn budget per episode (ours; some gold paths are longer)
     eval_split: str = "test"  # evaluation panel (ScienceWorld's own test variations)
     eval_tasks: int = 200  # evaluate on the first N tasks of the eval panel
-    learner: LearnerConfig = field(default_factory=lambda: learner(epo=EPOConfig(alpha=0.05)))  # EPO alpha 0.05 for ScienceWorld as the paper
+    learner: LearnerConfig = field(default_factory=lambda: learner(terms=["epo"], options={"epo": {"alpha": 0.05}}))  # EPO alpha 0.05 for ScienceWorld as the paper

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from agentrl.recipes.textworld_grpo import Config as GRPOConfig
 from agentrl.recipes.textworld_grpo import main
-from agentrl.training.config import EMPGConfig, LearnerConfig
+from agentrl.training.config import LearnerConfig
 
 __all__ = ["Config", "main"]
 
@@ -17,4 +17,4 @@ __all__ = ["Config", "main"]
 @dataclass
 class Config(GRPOConfig):
     run_name: str = "textworld_empg"  # run directory name under output_dir
-    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=1e-5, total_steps=20, empg=EMPGConfig()))  # the update, with EMPG
+    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=1e-5, shaping=["empg"]))  # the update, with EMPG

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from agentrl.recipes.textworld_grpo import Config as GRPOConfig
 from agentrl.recipes.textworld_grpo import main
-from agentrl.training.config import EPOConfig, LearnerConfig
+from agentrl.training.config import LearnerConfig
 
 __all__ = ["Config", "main"]
 
@@ -18,4 +18,4 @@ __all__ = ["Config", "main"]
 @dataclass
 class Config(GRPOConfig):
     run_name: str = "textworld_epo"  # run directory name under output_dir
-    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=1e-5, total_steps=20, epo=EPOConfig()))  # the update, with EPO
+    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=1e-5, terms=["epo"]))  # the update, with EPO

@@ -30,7 +30,7 @@ def test_mle_async_defaults_are_the_papers():
     cfg = load_config(mle_async.Config, None, ["model=/m"])
     assert cfg.group_size * cfg.groups_per_update == 128  # batch 128
     assert cfg.learner.lr == 1e-5
-    assert cfg.learner.duration_weighting is True
+    assert cfg.learner.shaping == ["duration"]
     assert cfg.improve_fraction == 0.5 and cfg.max_staleness > 0 and cfg.env == "mle"
 
 
@@ -132,7 +132,7 @@ def test_mle_async_trains_lora_from_a_hub_id(tmp_path, tiny_hub_model):
         "env_args={difficulty: easy}", "split=valid", "train_tasks=1", "workers=1", "worker_cpus=0.5",
         "group_size=2", "groups_per_update=1", "updates=2", "max_staleness=1", "max_new_tokens=8", "max_parallel=2",
         "learner.lr=1e-2", "learner.total_steps=2", "learner.lora={r: 4, alpha: 8}",
-        "learner.epo={}",  # its entropy term has a gradient even when every episode of a group scores the same
+        "learner.terms=[epo]",  # its entropy term has a gradient even when every episode of a group scores the same
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_CACHE": tiny_hub_model["cache"], "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)

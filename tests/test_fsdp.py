@@ -22,12 +22,13 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from agentrl.distributed.fsdp import split_groups  # noqa: E402
+from agentrl.testing import token_episode  # noqa: E402
 from agentrl.training.config import LearnerConfig  # noqa: E402
 from agentrl.training.learner import Learner  # noqa: E402
-from agentrl.trajectory import Episode, Step  # noqa: E402
+from agentrl.trajectory import Episode  # noqa: E402
 
 VOCAB = 97
-CONFIG = dict(lr=1e-3, total_steps=10, duration_weighting=True, max_grad_norm=1.0)
+CONFIG = dict(lr=1e-3, total_steps=10, shaping=["duration"], max_grad_norm=1.0)
 
 
 def tiny_model(tied: bool = False) -> torch.nn.Module:
@@ -47,15 +48,14 @@ def batch() -> list[Episode]:
     episodes = []
     for group in range(4):
         for member in range(2):
-            prompt, steps = ids(5 + group), []
+            prompt, turns = ids(5 + group), []
             for turn in range(1 + (group + member) % 3):
                 response = ids(2 + (3 * group + member + turn) % 5)
                 old = (-4.6 - 0.8 * torch.rand(len(response), generator=g)).tolist()  # the clip is active
-                steps.append(Step(observation="o", action="a", reward=float((group + member + turn) % 2),
-                                  prompt_ids=list(prompt), response_ids=response, logprobs=old,
-                                  env_seconds=0.05 + 0.1 * ((group * 7 + member * 3 + turn) % 5)))
+                turns.append(dict(prompt=list(prompt), response=response, logprobs=old, reward=float((group + member + turn) % 2),
+                                  env_seconds=0.05 + 0.1 * ((group * 7 + member * 3 + turn) % 5)))  # fmt: skip
                 prompt = prompt + response + ids(3)
-            episodes.append(Episode(env_id="agentrl/Test-v0", task_id=f"t{group}", group_id=f"g{group}", steps=steps))
+            episodes.append(token_episode(turns, task_id=f"t{group}", group_id=f"g{group}"))
     return episodes
 
 

@@ -23,7 +23,8 @@ torch = pytest.importorskip("torch")
 
 from agentrl.policies import PolicyError, SamplingParams  # noqa: E402
 from agentrl.policies.hf import HFPolicy  # noqa: E402
-from agentrl.policies.loading import hub_revision, load_policy, model_source  # noqa: E402
+from agentrl.policies.loading import load_policy  # noqa: E402
+from agentrl.policies.sources import hub_revision, model_source  # noqa: E402
 
 CLI = [sys.executable, "-c", "from agentrl.cli import main; main()"]
 

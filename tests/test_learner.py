@@ -9,19 +9,13 @@ import pytest
 import torch
 
 from agentrl.algorithms import duration, empg, grpo
-from agentrl.training.config import CovConfig, EMPGConfig, EPOConfig, LearnerConfig, LoRAConfig
+from agentrl.testing import token_episode
+from agentrl.training.batch import NoUsableEpisodesError, build_batch, collate, micro_batches
+from agentrl.training.config import LearnerConfig, LoRAConfig
 from agentrl.training.learner import Learner
 from agentrl.training.logprobs import IGNORE, token_logprobs_entropy
 from agentrl.training.metrics import MetricsLogger, read_metrics
 from agentrl.training.optim import warmup_cosine
-from agentrl.training.rows import (
-    NoUsableEpisodesError,
-    build_rows,
-    collate,
-    collate_packed,
-    micro_batches,
-    pack,
-)
 from agentrl.trajectory import Episode, Step
 
 transformers = pytest.importorskip("transformers")
@@ -53,27 +47,26 @@ def tiny_model(seed: int = 0) -> torch.nn.Module:
     return transformers.AutoModelForCausalLM.from_config(config)
 
 
-def step(prompt, response, reward=0.0, **kw) -> Step:
-    return Step(observation="o", action="a", reward=reward, prompt_ids=prompt, response_ids=response, **kw)
+def turn(prompt, response, reward=0.0, loss_mask=None, logprobs=None, entropies=None, env_seconds=0.0) -> dict:
+    return dict(prompt=prompt, response=response, reward=reward, loss_mask=loss_mask, logprobs=logprobs,
+                entropies=entropies, env_seconds=env_seconds)  # fmt: skip
 
 
-def episode(group, steps, won=False, **kw) -> Episode:
-    return Episode(
-        env_id="agentrl/Test-v0", task_id=str(group), group_id=str(group), steps=steps, won=won, **kw
-    )
+def episode(group, turns, won=False, layout="concat", **kw) -> Episode:
+    return token_episode(turns, layout=layout, task_id=str(group), group_id=str(group), won=won, **kw)
 
 
 def bandit_batch() -> list[Episode]:
     """One prompt, two answers: the 1-token answer [10] pays 1, the 3-token answer [20, 21, 22] pays 0."""
     prompt = [1, 2, 3, 4]
     return [
-        episode("g", [step(prompt, [10], reward=1.0)], won=True),
-        episode("g", [step(prompt, [20, 21, 22], reward=0.0)]),
+        episode("g", [turn(prompt, [10], reward=1.0)], won=True),
+        episode("g", [turn(prompt, [20, 21, 22], reward=0.0)]),
     ]
 
 
-def multi_turn_batch(seed: int = 0) -> list[Episode]:
-    """Two groups of two 2-3 turn episodes with random ids, some masked tokens, some entropies/durations."""
+def multi_turn_batch(seed: int = 0, layout: str = "concat", logprobs: bool = False) -> list[Episode]:
+    """Two groups of two 2-3 turn episodes with random ids, some masked tokens, entropies and durations."""
     g = torch.Generator().manual_seed(seed)
 
     def ids(n):
@@ -81,24 +74,25 @@ def multi_turn_batch(seed: int = 0) -> list[Episode]:
 
     episodes = []
     for k in range(4):
-        steps = []
+        turns = []
         prompt = ids(6)
-        for turn in range(2 + k % 2):
-            response = ids(3 + (k + turn) % 3)
+        for t in range(2 + k % 2):
+            response = ids(3 + (k + t) % 3)
             mask = [1] * len(response)
-            mask[-1] = turn % 2  # a non-sampled token inside some responses
-            steps.append(
-                step(
+            mask[-1] = t % 2  # a non-sampled token inside some responses
+            turns.append(
+                turn(
                     prompt,
                     response,
-                    reward=float(k in (0, 3)) * (turn + 1),
+                    reward=float(k in (0, 3)) * (t + 1),
                     loss_mask=mask,
-                    entropies=[0.5 + 0.1 * (k + turn + j) for j in range(len(response))],
-                    env_seconds=0.5 + k + turn,
+                    logprobs=[-1.0 - 0.01 * j for j in range(len(response))] if logprobs else None,
+                    entropies=[0.5 + 0.1 * (k + t + j) for j in range(len(response))],
+                    env_seconds=0.5 + k + t,
                 )
             )
             prompt = prompt + response + ids(4)  # the next prompt extends this turn's ids
-        episodes.append(episode(f"group{k // 2}", steps, won=k in (0, 3)))
+        episodes.append(episode(f"group{k // 2}", turns, won=k in (0, 3), layout=layout))
     return episodes
 
 
@@ -136,50 +130,46 @@ def test_token_logprobs_entropy_matches_full_forward():
     assert logp[:, 4:].abs().sum().item() == 0.0 and ent[:, 4:].abs().sum().item() == 0.0
 
 
-def test_rows_align_responses_with_scoring_positions():
-    rows = build_rows(
-        [episode("g", [step([7, 8], [30, 31], loss_mask=[1, 0], logprobs=[-1.0, -2.0]), step([9], [])])]
-    )
-    assert rows.n_rows == 1  # the empty response is dropped
-    batch = collate(rows, [0], pad_id=0, device=torch.device("cpu"))
-    # sequence 7 8 30 31: position 1 scores 30, position 2 scores 31
-    assert batch["input_ids"].tolist() == [[7, 8, 30, 31]]
-    assert batch["targets"].tolist() == [[IGNORE, 30, 31, IGNORE]]
-    assert batch["mask"].tolist() == [[0.0, 1.0, 0.0, 0.0]]
-    assert batch["old_logp"].tolist() == [[0.0, -1.0, -2.0, 0.0]]
+def test_batch_aligns_responses_with_scoring_positions():
+    ep = episode("g", [turn([7, 8], [30, 31], loss_mask=[1, 0], logprobs=[-1.0, -2.0]), turn([7, 8, 30, 31, 9], [])])
+    batch = build_batch([ep])
+    assert batch.n_steps == 1  # the empty response is not a step
+    tensors = collate(batch, [0], pad_id=0, device=torch.device("cpu"))
+    # sequence 7 8 30 31 9: position 1 scores 30, position 2 scores 31
+    assert tensors["input_ids"].tolist() == [[7, 8, 30, 31, 9]]
+    assert tensors["targets"].tolist() == [[IGNORE, 30, 31, IGNORE, IGNORE]]
+    assert tensors["step_pos"].tolist() == [[1, 2]]
+    assert tensors["mask"].tolist() == [[1.0, 0.0]] and tensors["old_logp"].tolist() == [[-1.0, -2.0]]
     assert micro_batches([10, 4, 6, 3], [0, 1, 2, 3], max_tokens=12) == [[0], [2, 1], [3]]
 
 
-def test_pack_concatenates_turns_only_while_each_prompt_extends_the_sequence():
-    steps = [
-        step([1, 2], [3]),  # sequence 1 2 3
-        step([1, 2, 3, 4], [5, 6]),  # extends it: 1 2 3 4 5 6
-        step([9, 5, 6, 7], [8]),  # a windowed prompt: does not start with 1 2 3 4 5 6 -> new sequence
+def test_batch_packs_each_transcript_as_one_sequence():
+    turns = [
+        turn([1, 2], [3]),  # sequence 1 2 3
+        turn([1, 2, 3, 4], [5, 6]),  # extends it: 1 2 3 4 5 6
+        turn([9, 5, 6, 7], [8]),  # a windowed prompt: a new transcript
     ]
-    rows = build_rows([episode("g", steps), episode("h", [step([1, 2, 3, 4, 5, 6, 0], [1])])])
-    packed = pack(rows, range(rows.n_rows))
-    assert [(s.input_ids, s.steps, s.starts) for s in packed] == [
-        ([1, 2, 3, 4, 5, 6], [0, 1], [2, 4]),
-        ([9, 5, 6, 7, 8], [2], [4]),
-        ([1, 2, 3, 4, 5, 6, 0, 1], [3], [7]),  # another trajectory never joins
-    ]
-    assert len(pack(rows, range(rows.n_rows), layout="per_step")) == 4
-    batch = collate_packed(rows, packed[:1], pad_id=0, device=torch.device("cpu"))
+    batch = build_batch([episode("g", turns), episode("h", [turn([1, 2, 3, 4, 5, 6, 0], [1])])])
+    assert batch.sequences == [[1, 2, 3, 4, 5, 6], [9, 5, 6, 7, 8], [1, 2, 3, 4, 5, 6, 0, 1]]
+    assert batch.seq_traj == [0, 0, 1] and batch.step_seq == [0, 0, 1, 2] and batch.step_start == [2, 4, 4, 7]
+    tensors = collate(batch, [0], pad_id=0, device=torch.device("cpu"))
     # position 1 scores 3; positions 3, 4 score 5, 6
-    assert batch["targets"].tolist() == [[IGNORE, 3, IGNORE, 5, 6, IGNORE]]
-    assert batch["step_pos"].tolist() == [[1, 0], [3, 4]] and batch["mask"].tolist() == [[1, 0], [1, 1]]
+    assert tensors["targets"].tolist() == [[IGNORE, 3, IGNORE, 5, 6, IGNORE]]
+    assert tensors["step_pos"].tolist() == [[1, 0], [3, 4]] and tensors["mask"].tolist() == [[1, 0], [1, 1]]
 
 
 @pytest.mark.parametrize(
-    "overrides", [{}, {"agg": "seq-mean-token-mean", "kl_coef": 0.2, "epo": EPOConfig(lam=0.5)}]
+    "overrides",
+    [{}, {"agg": "seq-mean-token-mean", "terms": ["kl", "epo"], "options": {"kl": {"coef": 0.2}, "epo": {"lam": 0.5}},
+          "total_steps": 10}],
 )
-def test_concat_layout_gives_the_per_step_update_on_fewer_tokens(overrides):
+def test_concat_transcripts_give_the_per_step_update_on_fewer_tokens(overrides):
     results = {}
     for layout in ("per_step", "concat"):
         model = tiny_model()
-        learner = Learner(model, LearnerConfig(lr=1e-3, layout=layout, **overrides))
+        learner = Learner(model, LearnerConfig(lr=1e-3, **overrides))
         for _ in range(2):
-            (metrics,) = learner.update(multi_turn_batch())
+            (metrics,) = learner.update(multi_turn_batch(layout=layout))
         results[layout] = (metrics, flat_params(model))
     (per_step, params_step), (concat, params_concat) = results["per_step"], results["concat"]
     # per-step rows: 9+17 | 10+19+26 | 11+18 | 9+17+26 = 162 ids; concat: the last rows 17+26+18+26 = 87
@@ -190,13 +180,17 @@ def test_concat_layout_gives_the_per_step_update_on_fewer_tokens(overrides):
     torch.testing.assert_close(params_concat, params_step, atol=1e-5, rtol=0)
 
 
-def test_rows_reject_bad_batches_with_clear_errors():
+def test_batches_reject_bad_episodes_with_clear_errors():
     with pytest.raises(NoUsableEpisodesError, match="no usable episodes"):
-        build_rows([episode("g", [step([1], [2])], error="sandbox died")])
-    with pytest.raises(ValueError, match="no token ids"):
-        build_rows([episode("g", [Step(observation="o", action="look")])])
-    with pytest.raises(ValueError, match="2 logprobs for 1 response ids"):
-        build_rows([episode("g", [step([1], [2], logprobs=[-1.0, -1.0])])])
+        build_batch([episode("g", [turn([1], [2])], error="sandbox died")])
+    with pytest.raises(NoUsableEpisodesError, match="no usable episodes"):
+        build_batch([Episode(env_id="e", task_id="t", steps=[Step(observation="o", action="look")])])  # no tokens
+    broken = episode("g", [turn([1], [2], logprobs=[-1.0])])
+    broken.transcripts[0].logprobs.append(-1.0)
+    with pytest.raises(ValueError, match="3 logprobs for 2 ids"):
+        build_batch([broken])
+    with pytest.raises(ValueError, match="non-finite behaviour logprob"):
+        build_batch([episode("g", [turn([1], [2], logprobs=[float("nan")])])])
 
 
 def test_warmup_cosine_by_hand():
@@ -241,7 +235,7 @@ def test_covariance_losses_in_the_learner():
     model = tiny_model()
     prompt = [1, 2, 3, 4]
     before = response_logprob(model, prompt, [10])
-    learner = Learner(model, LearnerConfig(lr=1e-2, policy_loss="clip_cov", cov=CovConfig(cov_low=0.0)))
+    learner = Learner(model, LearnerConfig(lr=1e-2, policy_loss="clip_cov", options={"clip_cov": {"cov_low": 0.0}}))
     (metrics,) = learner.update(bandit_batch())
     # 4 tokens, one dropped at most: the loss is the on-policy value or that value minus one token's term
     assert metrics["pg_loss"] == pytest.approx(2 * a / 4, abs=1e-5) or metrics["pg_loss"] in (
@@ -249,7 +243,7 @@ def test_covariance_losses_in_the_learner():
         pytest.approx(a / 4, abs=1e-5),
     )
     assert response_logprob(model, prompt, [10]) > before
-    with pytest.raises(ValueError, match="invalid policy_loss='nope'"):
+    with pytest.raises(ValueError, match="unknown policy_loss 'nope'"):
         Learner(tiny_model(), LearnerConfig(policy_loss="nope"))
     with pytest.raises(ValueError, match="invalid micro_batch_tokens=0"):
         Learner(tiny_model(), LearnerConfig(micro_batch_tokens=0))
@@ -270,8 +264,8 @@ def test_zero_advantages_give_zero_loss_and_leave_weights_unchanged():
     [
         {},
         {"agg": "seq-mean-token-mean"},
-        {"epo": EPOConfig(lam=0.5)},
-        {"kl_coef": 0.3, "empg": EMPGConfig(), "duration_weighting": True, "advantage": "dr_grpo"},
+        {"terms": ["epo"], "options": {"epo": {"lam": 0.5}}, "total_steps": 10},
+        {"terms": ["kl"], "options": {"kl": {"coef": 0.3}}, "shaping": ["empg", "duration"], "advantage": "dr_grpo"},
     ],
     ids=["token-mean", "seq-mean", "epo", "kl-empg-duration"],
 )
@@ -290,33 +284,30 @@ def test_micro_batching_gives_the_full_batch_update(overrides):
 
 
 def test_learner_advantages_wire_grpo_empg_and_durations():
-    learner = Learner(tiny_model(), LearnerConfig(empg=EMPGConfig(zeta=0.2), duration_weighting=True))
+    learner = Learner(tiny_model(), LearnerConfig(shaping=["empg", "duration"], options={"empg": {"zeta": 0.2}}))
     episodes = multi_turn_batch()
-    rows = build_rows(episodes)
+    batch = build_batch(episodes)
     returns = torch.tensor([e.episode_return for e in episodes])
-    step_adv = grpo.advantages(returns, [e.group_id for e in episodes])[rows.traj_index]
+    step_adv = grpo.advantages(returns, [e.group_id for e in episodes])[batch.traj_index]
+    views = [v for e in episodes for v in e.turn_tokens().values()]
     step_entropy = torch.tensor(
-        [
-            sum(h for h, m in zip(s.entropies, s.loss_mask, strict=True) if m) / sum(s.loss_mask)
-            for e in episodes
-            for s in e.steps
-        ]
+        [sum(h for h, m in zip(v.entropies, v.loss_mask, strict=True) if m) / sum(v.loss_mask) for v in views]
     )
-    expected = empg.modulate_advantages(step_adv, step_entropy, rows.traj_index, zeta=0.2)
+    expected = empg.modulate_advantages(step_adv, step_entropy, batch.traj_index, zeta=0.2)
     expected = expected * duration.weights([s.env_seconds for e in episodes for s in e.steps])
-    torch.testing.assert_close(learner.advantages(rows), expected)
+    torch.testing.assert_close(learner.advantages(batch), expected)
 
 
 def test_epo_terms_history_and_kl_reference():
     model = tiny_model()
-    cfg = LearnerConfig(lr=1e-3, total_steps=4, kl_coef=0.1, epo=EPOConfig(lam=0.01, alpha=0.1))
+    cfg = LearnerConfig(lr=1e-3, total_steps=4, terms=["kl", "epo"], options={"kl": {"coef": 0.1}, "epo": {"lam": 0.01, "alpha": 0.1}})
     learner = Learner(model, cfg)
     (first,) = learner.update(multi_turn_batch())
     # step 0: policy == reference (k3 = 0), no entropy history (no penalty), beta_0 = 2
     assert first["kl"] == pytest.approx(0.0, abs=1e-7)
     assert first["epo_reference"] is None and first["epo_smooth"] == 0.0 and first["epo_beta"] == 2.0
     assert first["loss"] == pytest.approx(first["pg_loss"] - 0.01 * first["epo_entropy"], abs=1e-6)
-    assert learner.entropy_history.history == [pytest.approx(first["entropy"])]
+    assert learner.terms[1].history.history == [pytest.approx(first["entropy"])]
     (second,) = learner.update(multi_turn_batch(seed=1))
     assert second["epo_reference"] == pytest.approx(first["entropy"])
     assert second["epo_beta"] == pytest.approx(1 + math.exp(-3 * 1 / 2))
@@ -346,7 +337,7 @@ def test_non_finite_loss_skips_the_step_with_a_warning(caplog):
 
 def test_resume_gives_the_same_next_step(tmp_path):
     cfg = LearnerConfig(
-        lr=1e-3, warmup_steps=1, total_steps=5, mini_batches=2, epo=EPOConfig(), max_grad_norm=0.5
+        lr=1e-3, warmup_steps=1, total_steps=5, mini_batches=2, terms=["epo"], max_grad_norm=0.5
     )
     learner = Learner(tiny_model(), cfg)
     learner.update(multi_turn_batch(seed=0))
@@ -354,7 +345,7 @@ def test_resume_gives_the_same_next_step(tmp_path):
     expected = learner.update(multi_turn_batch(seed=1))
     resumed = Learner(tiny_model(), cfg)  # the same initial model, then the checkpoint
     resumed.load_checkpoint(tmp_path / "ckpt")
-    assert resumed.step == 2 and resumed.entropy_history.history == learner.entropy_history.history[:2]
+    assert resumed.step == 2 and resumed.terms[0].history.history == learner.terms[0].history.history[:2]
     got = resumed.update(multi_turn_batch(seed=1))
     assert [m["rows"] for m in got] == [m["rows"] for m in expected]  # same mini-batch shuffle
     for a, b in zip(got, expected, strict=True):
@@ -368,7 +359,8 @@ def test_lora_trains_adapters_only_and_exports_a_merged_model(tmp_path):
     pytest.importorskip("peft")
     model = tiny_model()
     base_before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    cfg = LearnerConfig(lr=1e-2, lora=LoRAConfig(r=4, alpha=8), kl_coef=0.1, gradient_checkpointing=True)
+    cfg = LearnerConfig(lr=1e-2, lora=LoRAConfig(r=4, alpha=8), terms=["kl"], options={"kl": {"coef": 0.1}},
+                        gradient_checkpointing=True)
     learner = Learner(model, cfg)
     prompt = [1, 2, 3, 4]
     before = response_logprob(learner.model, prompt, [10])
@@ -439,10 +431,7 @@ def test_bf16_update_on_gpu_matches_fp32_and_learns():
 def test_training_on_episodes_read_back_from_the_sqlite_store(tmp_path):
     from agentrl.store import open_store
 
-    episodes = multi_turn_batch()
-    for e in episodes:  # behaviour log-probs as a sampler would have stored them
-        for s in e.steps:
-            s.logprobs = [-1.0 - 0.01 * j for j in range(len(s.response_ids))]
+    episodes = multi_turn_batch(logprobs=True)  # behaviour log-probs as a sampler would have stored them
     with open_store(f"sqlite:///{tmp_path / 'store.db'}") as store:
         run_id = store.start_run("learner-test", env_id="agentrl/Test-v0", kind="train")
         store.write_episodes(run_id, episodes)
@@ -450,7 +439,7 @@ def test_training_on_episodes_read_back_from_the_sqlite_store(tmp_path):
     results = []
     for batch in (episodes, stored):
         model = tiny_model()
-        (metrics,) = Learner(model, LearnerConfig(lr=1e-3, empg=EMPGConfig())).update(batch)
+        (metrics,) = Learner(model, LearnerConfig(lr=1e-3, shaping=["empg"])).update(batch)
         results.append((metrics, flat_params(model)))
     assert results[1][0]["loss"] == results[0][0]["loss"]  # the store round trip is exact
     assert torch.equal(results[1][1], results[0][1])

@@ -17,6 +17,7 @@ from agentrl.agents.llm import (
     prompt_format_for,
     template_rewrites_history,
 )
+from agentrl.policies.base import Completion
 from agentrl.testing import CHATML_TEMPLATE, tiny_tokenizer
 
 pytest.importorskip("textworld")
@@ -58,6 +59,11 @@ def expert_completion(tokenizer, command: str, think: str = "") -> list[int]:
     return tokenizer(f"{think}<action>{command}</action>", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
+def sampled(ids: list[int]) -> Completion:
+    """A completion of ``ids`` with made-up behaviour log-probs (-0.5 each)."""
+    return Completion(list(ids), [-0.5] * len(ids), "stop")
+
+
 def play_expert(agent: LLMAgent, tokenizer, task: str = "easy/100000", think: str = ""):
     env = agentrl.make("textworld", split="valid", max_turns=12)
     try:
@@ -69,7 +75,7 @@ def play_expert(agent: LLMAgent, tokenizer, task: str = "easy/100000", think: st
             response = expert_completion(tokenizer, env.expert_action(), think)
             prompts.append(prompt)
             responses.append(response)
-            action = agent.act(state, response)
+            action = agent.act(state, sampled(response), version=3)
             obs, _, terminated, truncated, info = env.step(action)
             done = terminated or truncated
             if not done:
@@ -96,6 +102,22 @@ def test_concat_layout_extends_prompts_by_sampled_ids_and_template_delta(tokeniz
     assert tokenizer.decode(prompts[-1]) == tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     first_user = state.turns[0].user
     assert first_user.startswith("Task: ") and "Admissible actions: " in first_user
+    # The episode's token side is ONE transcript: the last prompt plus the last sampled ids, with
+    # per-token fields marking exactly the sampled ids of every turn.
+    (transcript,) = state.transcripts
+    assert transcript.ids == prompts[-1] + responses[-1]
+    starts = [len(p) for p in prompts]
+    expected_sampled = [0] * len(transcript.ids)
+    for start, response in zip(starts, responses, strict=True):
+        expected_sampled[start : start + len(response)] = [1] * len(response)
+    assert transcript.sampled == expected_sampled == transcript.loss_mask
+    assert [lp for lp, s in zip(transcript.logprobs, transcript.sampled, strict=True) if s] == [-0.5] * sum(map(len, responses))
+    assert set(v for v, s in zip(transcript.versions, transcript.sampled, strict=True) if s) == {3}
+    assert all(v == -1 for v, s in zip(transcript.versions, transcript.sampled, strict=True) if not s)
+    for turn, start in enumerate(starts):  # turn t's tokens: its prompt delta, then its response
+        first = starts[turn - 1] + len(responses[turn - 1]) if turn else 0
+        assert transcript.turns[first : start + len(responses[turn])] == [turn] * (start + len(responses[turn]) - first)
+    assert transcript.entropies is None  # the completions carried none: the field is dropped, not zero-filled
 
 
 def test_unparseable_output_becomes_an_empty_action_and_a_reminder(tokenizer):
@@ -105,11 +127,11 @@ def test_unparseable_output_becomes_an_empty_action_and_a_reminder(tokenizer):
         obs, info = env.reset(options={"task": "easy/100000"})
         state = agent.start(obs, info)
         garbage = tokenizer("open the fridge please", add_special_tokens=False)["input_ids"]
-        action = agent.act(state, garbage)
+        before = agent.prompt_ids(state)
+        action = agent.act(state, sampled(garbage))
         assert action == "" and state.last_parse_ok is False
         obs, reward, terminated, truncated, info = env.step(action)
         assert info["invalid_action"] and reward == 0.0 and not terminated
-        before = agent.prompt_ids(state)
         agent.observe(state, obs, info)
         assert state.turns[-1].user.startswith(FORMAT_REMINDER)
         after = agent.prompt_ids(state)
@@ -134,6 +156,9 @@ def test_reasoning_template_is_detected_and_played_per_step(tiny_reasoning_model
     rendered = tokenizer.decode(prompts[-1])
     assert "<think>" not in rendered
     assert prompts[1][: len(prompts[0]) + len(responses[0])] != prompts[0] + responses[0]
+    # One transcript per turn: exactly the prompt the policy saw and what it sampled.
+    assert [t.ids for t in state.transcripts] == [p + r for p, r in zip(prompts, responses, strict=True)]
+    assert [t.turns[0] for t in state.transcripts] == list(range(len(prompts)))
 
 
 def test_template_that_rewrites_only_some_turns_is_caught_per_turn(tokenizer):
@@ -143,7 +168,7 @@ def test_template_that_rewrites_only_some_turns_is_caught_per_turn(tokenizer):
     agent = LLMAgent(tok, prompt_format_for("textworld"))
     state = agent.start("You are in a room.", {"instruction": "open the box", "admissible_actions": ["open box"]})
     reply = tok("<action>open box</action>  ", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    agent.act(state, reply)
+    agent.act(state, sampled(reply))
     agent.observe(state, "The box is open.", {"admissible_actions": ["close box"]})
     assert state.layout == "per_step" and "changed an earlier turn" in state.layout_reason
     assert tok.decode(agent.prompt_ids(state)).endswith("Admissible actions: close box<|im_end|>\n<|im_start|>assistant\n")
@@ -153,7 +178,8 @@ def test_per_step_history_window_keeps_the_task_and_last_k_turns(tokenizer):
     agent = LLMAgent(tokenizer, prompt_format_for("textworld"), layout="per_step", history=1)
     state = agent.start("obs-0", {"instruction": "find the key"})
     for turn in range(1, 4):
-        agent.act(state, expert_completion(tokenizer, f"cmd-{turn}"))
+        agent.prompt_ids(state)
+        agent.act(state, sampled(expert_completion(tokenizer, f"cmd-{turn}")))
         agent.observe(state, f"obs-{turn}", {})
     messages = agent.messages(state)
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
@@ -163,6 +189,13 @@ def test_per_step_history_window_keeps_the_task_and_last_k_turns(tokenizer):
     assert tokenizer.decode(agent.prompt_ids(state)) == tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=True
     )
+
+
+def test_per_step_act_without_the_prompt_it_answers_is_refused(tokenizer):
+    agent = LLMAgent(tokenizer, prompt_format_for("textworld"), layout="per_step")
+    state = agent.start("obs-0", {"instruction": "find the key"})
+    with pytest.raises(ValueError, match="prompt_ids"):  # the transcript must record what the policy saw
+        agent.act(state, sampled(expert_completion(tokenizer, "look")))
 
 
 def test_agent_needs_a_chat_template():
@@ -184,7 +217,7 @@ def test_admissible_only_choices_are_the_listed_actions_as_a_demonstration_token
         assert agent.choices(state) == [expert_completion(tokenizer, a)[:-1] for a in listed]
         prompt_text = tokenizer.decode(agent.prompt_ids(state))
         assert "Admissible actions: " + ", ".join(listed) in prompt_text
-        action = agent.act(state, expert_completion(tokenizer, env.expert_action()))
+        action = agent.act(state, sampled(expert_completion(tokenizer, env.expert_action())))
         obs, _, _, _, info = env.step(action)
         agent.observe(state, obs, info)
         assert agent.choices(state) == [expert_completion(tokenizer, a)[:-1] for a in info["admissible_actions"][:5]]

@@ -187,8 +187,8 @@ def test_agentrl_serve_and_eval_against_it(tiny_chat_model, tmp_path):
         with open_store(f"sqlite:///{tmp_path / 'runs.db'}") as store:
             (run,) = store.runs()
             stored = store.read_episodes(run.id)
-        assert len(stored) == 2 and all(s.response_ids and s.prompt_ids for ep in stored for s in ep.steps)
-        assert sum(len(s.response_ids) for ep in stored for s in ep.steps) == data["model"]["tokens_generated"]
+        assert len(stored) == 2 and all(len(ep.turn_tokens()) == ep.turns for ep in stored)
+        assert sum(ep.tokens_generated for ep in stored) == data["model"]["tokens_generated"]
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -225,17 +225,18 @@ def test_collector_with_a_chat_endpoint_records_text_only_steps(server):
     pytest.importorskip("textworld")
     import agentrl
     from agentrl.agents.llm import ACTION_STOP, LLMAgent, prompt_format_for
-    from agentrl.rollout import Collector, LayoutError, training_rows
+    from agentrl.rollout import Collector, ModelActor
+    from agentrl.training.batch import NoUsableEpisodesError, build_batch
 
     client = OpenAIPolicy(server.url, api_key="sekrit", mode="chat")
     agent = LLMAgent(None, prompt_format_for("textworld"), history=1)
     assert agent.layout == "per_step"
     sampling = SamplingParams(max_new_tokens=6, stop=(ACTION_STOP,), seed=0)
-    with Collector(lambda: agentrl.make("textworld", split="valid", max_turns=2), client, agent,
-                   env_id="agentrl/TextWorld-v0", sampling=sampling, max_parallel=2) as collector:  # fmt: skip
+    with Collector(lambda: agentrl.make("textworld", split="valid", max_turns=2), ModelActor(client, agent, sampling),
+                   env_id="agentrl/TextWorld-v0", max_parallel=2) as collector:  # fmt: skip
         (episode,) = collector.run(["easy/100000"])
     assert episode.turns == 2 and episode.error is None
-    assert all(s.prompt_ids is None and s.response_ids is None and s.logprobs is None for s in episode.steps)
+    assert episode.transcripts == []  # text in, text out: nothing to train on
     assert len(episode.meta["response_text"]) == 2
-    with pytest.raises(LayoutError, match="no token ids"):
-        training_rows(episode)
+    with pytest.raises(NoUsableEpisodesError, match="no sampled tokens"):
+        build_batch([episode])

@@ -16,13 +16,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_textworld_recipe_runs_warm_up_rl_and_sampled_evaluation(tiny_chat_model, tmp_path):
     from agentrl.recipes.textworld_grpo import Config, main
     from agentrl.store import open_store
-    from agentrl.training.config import EPOConfig, LearnerConfig
+    from agentrl.training.config import LearnerConfig
 
     cfg = Config(model=tiny_chat_model, run_name="run", output_dir=str(tmp_path), max_turns=2, train_tasks=20,
                  iterations=2, tasks_per_iteration=2, group_size=2, eval_tasks=2, eval_every=1, eval_before=False,
                  eval_temperature=1.0, eval_samples=3, max_new_tokens=48, layout="per_step", history=0,
                  admissible_only=True, sft_episodes=2, sft_epochs=1,
-                 learner=LearnerConfig(lr=1e-4, total_steps=2, epo=EPOConfig()))  # fmt: skip
+                 learner=LearnerConfig(lr=1e-4, total_steps=2, terms=["epo"]))  # fmt: skip
     summary = main(cfg)
     assert summary["sft"]["demonstrations"] == 2
     assert [e["iteration"] for e in summary["evaluations"]] == [1, 2]  # eval_before=False
@@ -36,6 +36,6 @@ def test_textworld_recipe_runs_warm_up_rl_and_sampled_evaluation(tiny_chat_model
         episodes = store.read_episodes(run.id)
     rollouts = [ep for ep in episodes if ep.agent != "expert"]
     assert len(episodes) - len(rollouts) == 2 and len(rollouts) == 2 * 2 * 2
-    masks = [m for ep in rollouts for s in ep.steps for m in s.loss_mask]
+    masks = [m for ep in rollouts for t in ep.transcripts for m, s in zip(t.loss_mask, t.sampled, strict=True) if s]
     assert 0 < sum(masks) < len(masks)  # tokens forced by the constraint carry no gradient
     assert all(not s.info["invalid_action"] for ep in rollouts for s in ep.steps)

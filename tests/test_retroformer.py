@@ -20,11 +20,12 @@ pytest.importorskip("textworld")
 
 import agentrl  # noqa: E402
 from agentrl.agents.llm import LLMAgent, PromptFormat  # noqa: E402
-from agentrl.policies import HFPolicy, SamplingParams  # noqa: E402
+from agentrl.policies import Completion, HFPolicy, SamplingParams  # noqa: E402
 from agentrl.retroformer import Reflector, ReflexionAgent, ratings, retrospective_batch, run_trials  # noqa: E402
 from agentrl.retroformer.prompts import MEMORY_HEADER, memory_block, reflection_problem  # noqa: E402
 from agentrl.retroformer.trials import TrialReport  # noqa: E402
-from agentrl.rollout.collector import Collector  # noqa: E402
+from agentrl.rollout import Collector, ModelActor  # noqa: E402
+from agentrl.testing import installed_cli, token_episode  # noqa: E402
 from agentrl.trajectory import Episode, Step  # noqa: E402
 
 ENV_ID = "agentrl/TextWorld-v0"
@@ -88,7 +89,7 @@ def test_memory_block_and_agent_prompts(tiny_chat_model):
     windowed = ReflexionAgent(tok, FORMAT, memory=memory, memory_size=1, layout="per_step", history=1)
     state = windowed.start("You are in a kitchen.", info)
     for obs in ("You see a fridge.", "The fridge is closed."):
-        windowed.act(state, None, "<action>look</action>")
+        windowed.act(state, Completion(None, None, "stop", text="<action>look</action>"))
         windowed.observe(state, obs, info)
     messages = windowed.messages(state)
     assert len(state.turns) == 3 and len(messages) == 1 + 3  # system + (user, assistant, user)
@@ -96,29 +97,29 @@ def test_memory_block_and_agent_prompts(tiny_chat_model):
 
 
 def _reflection(task: str, rating: float, prompt: list[int], response: list[int]) -> Episode:
-    step = Step("summary", "text", reward=rating, prompt_ids=prompt, response_ids=response, loss_mask=[1] * len(response))
-    return Episode(ENV_ID + "#reflection", task, steps=[step], meta={"kind": "reflection", "rating": rating})
+    return token_episode([dict(prompt=prompt, response=response, reward=rating, observation="summary", action="text")],
+                         env_id=ENV_ID + "#reflection", task_id=task, meta={"kind": "reflection", "rating": rating})  # fmt: skip
 
 
 def test_ratings_are_normalised_within_the_batch_or_the_task(tiny_chat_model):
+    from agentrl.training.batch import build_batch
     from agentrl.training.config import LearnerConfig
     from agentrl.training.learner import Learner
-    from agentrl.training.rows import build_rows
 
     policy = HFPolicy(tiny_chat_model)
     learner = Learner(policy.model, LearnerConfig(), pad_token_id=policy.pad_id)
     rated = [_reflection(t, r, [5, 6], [7, 8]) for t, r in (("a", 1.0), ("a", 0.0), ("b", 0.0), ("b", -1.0))]
-    unrated = Episode(ENV_ID + "#reflection", "c", steps=[Step("s", "t", prompt_ids=[1], response_ids=[2])])
+    unrated = token_episode([dict(prompt=[1], response=[2])], env_id=ENV_ID + "#reflection", task_id="c")
     batch = retrospective_batch([*rated, unrated], batch_id="7")
     assert [e.group_id for e in batch] == ["retro:7"] * 4  # the unrated one is left out
     # batch: mean 0, Bessel std sqrt(2/3)
     expected = [1 / math.sqrt(2 / 3), 0.0, 0.0, -1 / math.sqrt(2 / 3)]
-    assert learner.advantages(build_rows(batch)).tolist() == pytest.approx(expected, abs=1e-5)
+    assert learner.advantages(build_batch(batch)).tolist() == pytest.approx(expected, abs=1e-5)
     batch = retrospective_batch(rated, batch_id="7", normalize="task")
     assert [e.group_id for e in batch] == ["retro:7:a", "retro:7:a", "retro:7:b", "retro:7:b"]
     # per task: (1, 0) and (0, -1) each have mean +-0.5 and std sqrt(1/2)
     half = 0.5 / math.sqrt(0.5)
-    assert learner.advantages(build_rows(batch)).tolist() == pytest.approx([half, -half, half, -half], abs=1e-5)
+    assert learner.advantages(build_batch(batch)).tolist() == pytest.approx([half, -half, half, -half], abs=1e-5)
     with pytest.raises(ValueError, match="normalize"):
         retrospective_batch(rated, normalize="global")  # type: ignore[arg-type]
 
@@ -144,16 +145,17 @@ def _demo(env, agent: ReflexionAgent, task: str, actions: list[str]) -> Episode:
     state = agent.start(obs, info)
     episode = Episode(ENV_ID, task, group_id="demo")
     for action in actions:
-        prompt = agent.prompt_ids(state)
+        agent.prompt_ids(state)
         response = list(tok(f"<action>{action}</action>", add_special_tokens=False)["input_ids"]) + [tok.eos_token_id]
-        sent = agent.act(state, response)
+        sent = agent.act(state, Completion(response, None, "stop"))
         next_obs, reward, terminated, truncated, info = env.step(sent)
-        episode.steps.append(Step(obs, sent, reward, prompt_ids=prompt, response_ids=response, loss_mask=[1] * len(response)))
+        episode.steps.append(Step(obs, sent, reward))
         obs = next_obs
         if terminated or truncated:
             break
         agent.observe(state, next_obs, info)
     episode.won = bool(info["won"])
+    episode.transcripts = state.transcripts
     return episode
 
 
@@ -189,13 +191,13 @@ def world(tmp_path_factory):
 def _collector(world) -> Collector:
     sampling = SamplingParams(max_new_tokens=12, temperature=0.0, stop=("</action>",))
     return Collector(
-        lambda: agentrl.make("textworld", split="train", max_turns=MAX_TURNS), world["actor"], world["agent"],
-        env_id=ENV_ID, sampling=sampling, max_parallel=2,
+        lambda: agentrl.make("textworld", split="train", max_turns=MAX_TURNS),
+        ModelActor(world["actor"], world["agent"], sampling), env_id=ENV_ID, max_parallel=2,
     )  # fmt: skip
 
 
 def _first_prompt(episode: Episode) -> list[int]:
-    return episode.steps[0].prompt_ids
+    return episode.turn_tokens()[0].prompt_ids
 
 
 @pytest.mark.slow
@@ -221,9 +223,9 @@ def test_garbage_reflections_are_recorded_and_skipped(world):
 def test_end_to_end_trials_store_ratings_and_update(world, tmp_path):
     """failed trial -> reflection -> next trial -> rating (hand-checked) -> store -> PPO update of the reflector."""
     from agentrl.store import open_store
+    from agentrl.training.batch import build_batch
     from agentrl.training.config import LearnerConfig
     from agentrl.training.learner import Learner
-    from agentrl.training.rows import build_rows
 
     a, b = world["a"], world["b"]
     actor_before = {k: v.clone() for k, v in world["actor"].model.state_dict().items()}
@@ -268,16 +270,17 @@ def test_end_to_end_trials_store_ratings_and_update(world, tmp_path):
         after = stored_trials[reflection.meta["next_trial_episode_id"]]
         assert before.meta["trial"] + 1 == after.meta["trial"] and before.meta["chain"] == after.meta["chain"]
         assert reflection.steps[0].reward == after.episode_return - before.episode_return
-        assert reflection.steps[0].response_ids and reflection.steps[0].logprobs is not None
+        (transcript,) = reflection.transcripts
+        assert sum(transcript.sampled) > 0 and transcript.logprobs is not None
 
     # PPO-clip update of the reflector from the stored batch; the actor stays frozen
     batch = retrospective_batch(stored, batch_id="1")
-    config = LearnerConfig(lr=1e-4, total_steps=1, kl_coef=0.1, temperature=1.0)
+    config = LearnerConfig(lr=1e-4, total_steps=1, terms=["kl"], options={"kl": {"coef": 0.1}})
     learner = Learner(base.model, config, pad_token_id=base.pad_id)
-    rows = build_rows(batch)
+    rows = build_batch(batch)
     advantages = learner.advantages(rows)
     ratings_in = torch.tensor([r.steps[0].reward for r in batch])
-    expected = (ratings_in - ratings_in.mean()) / (ratings_in.std() + config.adv_eps)
+    expected = (ratings_in - ratings_in.mean()) / (ratings_in.std() + 1e-6)  # GRPO's eps
     assert advantages.tolist() == pytest.approx(expected.tolist(), abs=1e-5)
     before = torch.tensor(_response_logprobs(learner, rows))
     (metrics,) = learner.update(batch)
@@ -290,14 +293,16 @@ def test_end_to_end_trials_store_ratings_and_update(world, tmp_path):
     store.close()
 
 
-def _response_logprobs(learner, rows) -> list[float]:
-    """Summed log-probability of each row's response under the learner's current model."""
-    from agentrl.training.rows import collate
+def _response_logprobs(learner, batch) -> list[float]:
+    """Summed log-probability of each step's response under the learner's current model (in step order)."""
+    from agentrl.training.batch import collate
 
-    batch = collate(rows, list(range(rows.n_rows)), learner.pad_token_id, learner.device)
+    tensors = collate(batch, list(range(len(batch.sequences))), learner.pad_token_id, learner.device)
     with torch.no_grad():
-        logp, _ = learner._score(learner.model, batch)
-    return (logp * batch["mask"]).sum(-1).tolist()
+        logp, _ = learner._score(learner.model, tensors)
+    per_step = (logp[tensors["step_seq"], tensors["step_pos"]] * tensors["mask"]).sum(-1)
+    order = {step: k for k, step in enumerate(tensors["steps"])}
+    return [per_step[order[i]].item() for i in range(batch.n_steps)]
 
 
 @pytest.mark.slow
@@ -312,7 +317,8 @@ def test_lora_update_moves_only_adapters(world):
     batch = retrospective_batch(
         [_reflection("b", 1.0, prompt, [11, 12, 13]), _reflection("b", 0.0, prompt, [14, 15, 16])], batch_id="lora"
     )
-    learner = Learner(base.model, LearnerConfig(lr=1e-2, total_steps=1, kl_coef=0.1, lora=LoRAConfig(r=1, alpha=4)))
+    learner = Learner(base.model, LearnerConfig(lr=1e-2, total_steps=1, terms=["kl"], options={"kl": {"coef": 0.1}},
+                                                lora=LoRAConfig(r=1, alpha=4)))
     adapters = {n: p.detach().clone() for n, p in learner.model.named_parameters() if p.requires_grad}
     (metrics,) = learner.update(batch)
     assert metrics["skipped"] is False
@@ -367,7 +373,7 @@ def test_cli_eval_reflexion_reports_success_per_trial(world, tmp_path):
     import subprocess
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["agentrl", "eval", "textworld", *args], capture_output=True, text=True, timeout=600)
+        return subprocess.run([installed_cli(), "eval", "textworld", *args], capture_output=True, text=True, timeout=600)
 
     missing = run("--agent", "reflexion")
     assert missing.returncode == 2 and "needs an actor model" in missing.stderr

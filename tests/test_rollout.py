@@ -1,8 +1,9 @@
-"""The collector on real TextWorld games with a real (tiny) transformers policy.
+"""The episode runner on real TextWorld games with a real (tiny) transformers policy.
 
-The drift-free check is end to end: the ids a learner gets from the stored episodes (concat layout
-and per-step rows) are compared with the ids the policy was actually called with and the ids it
-returned, turn by turn, and the behaviour logprobs with a fresh forward over the training sequence.
+The drift-free check is end to end and runs the learner's own code: the sequences and steps the
+learner builds from the episodes (:func:`agentrl.training.batch.build_batch`) are compared with the
+ids the policy was actually called with and the ids it returned, turn by turn, and the behaviour
+logprobs with the learner's own scoring pass over the packed sequence.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ pytest.importorskip("textworld")
 from agentrl.agents.llm import ACTION_STOP, LLMAgent, prompt_format_for  # noqa: E402
 from agentrl.policies import SamplingParams  # noqa: E402
 from agentrl.policies.hf import HFPolicy  # noqa: E402
-from agentrl.rollout import Collector, LayoutError, concat_sequence, per_step_rows, training_rows  # noqa: E402
+from agentrl.rollout import Collector, ModelActor  # noqa: E402
+from agentrl.training.batch import build_batch, collate  # noqa: E402
+from agentrl.training.logprobs import token_logprobs_entropy  # noqa: E402
+from agentrl.trajectory import ALLOWED  # noqa: E402
 
 ENV_ID = "agentrl/TextWorld-v0"
 TASKS = ["easy/100000", "easy/100001"]
@@ -32,9 +36,10 @@ class RecordingPolicy:
     def __init__(self, inner):
         self.inner, self.calls = inner, []
         self.name, self.version, self.max_context = inner.name, inner.version, inner.max_context
+        self.capabilities = inner.capabilities
 
-    def generate(self, prompts, sampling):
-        completions = self.inner.generate(prompts, sampling)
+    def generate(self, prompts, sampling, **kwargs):
+        completions = self.inner.generate(prompts, sampling, **kwargs)
         self.calls.append(([list(p) for p in prompts], completions))
         return completions
 
@@ -43,12 +48,14 @@ def make_env(max_turns: int = 3):
     return lambda: agentrl.make("textworld", split="valid", max_turns=max_turns)
 
 
-def collect(policy, *, layout="concat", max_turns=3, max_new_tokens=10, group_size=2, **kwargs):
-    agent = LLMAgent(policy.inner.tokenizer if hasattr(policy, "inner") else policy.tokenizer, prompt_format_for("textworld"), layout=layout)
+def collect(policy, *, layout="concat", max_turns=3, max_new_tokens=10, group_size=2, max_context=None, **kwargs):
+    tokenizer = policy.inner.tokenizer if hasattr(policy, "inner") else policy.tokenizer
+    agent = LLMAgent(tokenizer, prompt_format_for("textworld"), layout=layout)
     sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0, stop=(ACTION_STOP,), return_entropies=True)
-    with Collector(make_env(max_turns), policy, agent, env_id=ENV_ID, sampling=sampling, split="valid", **kwargs) as collector:
+    actor = ModelActor(policy, agent, sampling, max_context=max_context)
+    with Collector(make_env(max_turns), actor, env_id=ENV_ID, split="valid", **kwargs) as collector:
         episodes = collector.run(TASKS, group_size=group_size, seed=5)
-        return episodes, collector.stats
+        return episodes, {**collector.stats, **actor.stats}
 
 
 @pytest.fixture(scope="module")
@@ -74,55 +81,49 @@ def test_groups_seeds_and_one_batched_generate_per_turn(rollout):
     assert all(ep.turns == 3 and ep.truncated and not ep.won and ep.error is None for ep in episodes)
     assert stats["generate_calls"] == 3 == len(policy.calls)
     assert [len(prompts) for prompts, _ in policy.calls] == [4, 4, 4]
-    assert stats["tokens_generated"] == sum(len(s.response_ids) for ep in episodes for s in ep.steps)
+    assert stats["tokens_generated"] == sum(ep.tokens_generated for ep in episodes)
+    assert stats["tokens_generated"] == sum(c.num_tokens for _, cs in policy.calls for c in cs)
 
 
-def test_steps_carry_exactly_what_the_policy_saw_and_sampled(rollout):
+def test_transcripts_carry_exactly_what_the_policy_saw_and_sampled(rollout):
     policy, episodes, _ = rollout
     seen = [(p, c) for prompts, completions in policy.calls for p, c in zip(prompts, completions, strict=True)]
     for ep in episodes:
         assert ep.meta["layout"] == "concat" and ep.agent == policy.name
-        for step in ep.steps:
-            matches = [c for p, c in seen if p == step.prompt_ids and c.token_ids == step.response_ids]
+        (transcript,) = ep.transcripts  # concat: one transcript for the whole episode
+        views = ep.turn_tokens()
+        assert sorted(views) == list(range(ep.turns))
+        for turn, step in enumerate(ep.steps):
+            view = views[turn]
+            matches = [c for p, c in seen if p == view.prompt_ids and c.token_ids == view.response_ids]
             assert len(matches) == 1
             completion = matches[0]
-            assert step.logprobs == completion.logprobs and step.entropies == completion.entropies
-            assert step.loss_mask == [1] * len(step.response_ids)
+            assert view.logprobs == completion.logprobs and view.entropies == completion.entropies
+            assert view.loss_mask == [1] * len(view.response_ids)
             assert step.policy_version == 0 and step.generation_seconds > 0 and step.env_seconds > 0
             assert step.info["finish_reason"] == completion.finish_reason
+        # Memory is linear: the prompts are not copied per step, the transcript is the last prompt + response.
+        last = views[ep.turns - 1]
+        assert transcript.ids == last.prompt_ids + last.response_ids
 
 
-def test_concat_training_sequence_equals_seen_and_sampled_ids(rollout, hf_policy):
-    _, episodes, _ = rollout
-    for ep in episodes:
-        row = concat_sequence(ep)
-        last = ep.steps[-1]
-        assert row.input_ids == last.prompt_ids + last.response_ids
-        for turn, step in enumerate(ep.steps):
-            start = len(step.prompt_ids)
-            assert row.input_ids[:start] == step.prompt_ids  # what the policy saw, verbatim
-            assert row.input_ids[start : start + len(step.response_ids)] == step.response_ids  # what it sampled
-            assert row.loss_mask[start : start + len(step.response_ids)] == [1] * len(step.response_ids)
-            assert row.turns[start : start + len(step.response_ids)] == [turn] * len(step.response_ids)
-        assert sum(row.loss_mask) == sum(len(s.response_ids) for s in ep.steps)
-        # A learner's forward over the sequence reproduces the behaviour logprobs (temperature 1).
-        ids = torch.tensor([row.input_ids])
-        with torch.no_grad():
-            logp = torch.log_softmax(hf_policy.model(input_ids=ids).logits[0, :-1].double(), -1)
-        recomputed = logp.gather(-1, ids[0, 1:, None]).squeeze(-1)
-        positions = [i for i, m in enumerate(row.loss_mask) if m]
-        expected = torch.tensor([row.logprobs[i] for i in positions], dtype=torch.float64)
-        torch.testing.assert_close(recomputed[[i - 1 for i in positions]], expected, atol=5e-5, rtol=0)
-        assert training_rows(ep)[0].input_ids == row.input_ids
-
-
-def test_per_step_rows_are_prompt_plus_response(rollout):
-    _, episodes, _ = rollout
-    rows = per_step_rows(episodes[0])
-    assert len(rows) == episodes[0].turns
-    for row, step in zip(rows, episodes[0].steps, strict=True):
-        assert row.input_ids == step.prompt_ids + step.response_ids
-        assert row.loss_mask == [0] * len(step.prompt_ids) + [1] * len(step.response_ids)
+def test_the_learner_packs_the_transcripts_verbatim_and_rescores_the_behaviour_logprobs(rollout, hf_policy):
+    policy, episodes, _ = rollout
+    batch = build_batch(episodes)
+    assert batch.sequences == [t.ids for ep in episodes for t in ep.transcripts]
+    sampled = [c.token_ids for _, cs in policy.calls for c in cs]
+    assert sorted(map(tuple, batch.response_ids)) == sorted(map(tuple, sampled))
+    for step, response in enumerate(batch.response_ids):
+        sequence, start = batch.sequences[batch.step_seq[step]], batch.step_start[step]
+        assert sequence[start : start + len(response)] == response
+    # The learner's own collate + scoring pass reproduces the behaviour log-probs (temperature 1).
+    tensors = collate(batch, range(len(batch.sequences)), hf_policy.pad_id, torch.device("cpu"))
+    with torch.no_grad():
+        logp, _ = token_logprobs_entropy(hf_policy.model, tensors["input_ids"], tensors["attention_mask"], tensors["targets"])
+    rescored = logp[tensors["step_seq"], tensors["step_pos"]]
+    for k, step in enumerate(tensors["steps"]):
+        n = len(batch.response_ids[step])
+        torch.testing.assert_close(rescored[k, :n], torch.tensor(batch.behaviour_logprobs[step]), atol=5e-5, rtol=0)
 
 
 def test_episodes_round_trip_through_the_store(rollout, tmp_path):
@@ -135,9 +136,8 @@ def test_episodes_round_trip_through_the_store(rollout, tmp_path):
             store.write_episode(run_id, ep)
         back = sorted(store.read_episodes(run_id), key=lambda e: (e.task_id, e.seed))
     for original, stored in zip(sorted(episodes, key=lambda e: (e.task_id, e.seed)), back, strict=True):
-        assert [s.prompt_ids for s in stored.steps] == [s.prompt_ids for s in original.steps]
-        assert [s.response_ids for s in stored.steps] == [s.response_ids for s in original.steps]
-        assert concat_sequence(stored).input_ids == concat_sequence(original).input_ids
+        assert stored.transcripts == original.transcripts
+        assert stored.steps == original.steps
 
 
 def test_context_cap_ends_episodes_as_truncated(hf_policy):
@@ -152,7 +152,7 @@ def test_context_cap_ends_episodes_as_truncated(hf_policy):
     by_task = {ep.task_id: ep for ep in episodes}
     ep = by_task[TASKS[0]]
     assert ep.turns == 1 and ep.truncated and ep.meta["truncated_reason"] == "context_length"
-    assert all(len(s.prompt_ids) + 10 <= first + 15 for e in episodes for s in e.steps)
+    assert all(len(v.prompt_ids) + 10 <= first + 15 for e in episodes for v in e.turn_tokens().values())
 
 
 def test_garbage_and_runaway_output_become_invalid_turns(hf_policy):
@@ -161,32 +161,41 @@ def test_garbage_and_runaway_output_become_invalid_turns(hf_policy):
     episodes, _ = collect(policy, max_new_tokens=3, group_size=1, max_parallel=2)
     for ep in episodes:
         assert ep.turns == 3 and ep.error is None
-        for step in ep.steps:
-            assert step.info["finish_reason"] == "length" and len(step.response_ids) == 3
+        views = ep.turn_tokens()
+        for turn, step in enumerate(ep.steps):
+            assert step.info["finish_reason"] == "length" and len(views[turn].response_ids) == 3
             assert step.info["parse_error"] and step.info["invalid_action"] and step.action == ""
 
 
-def test_reasoning_template_rollouts_are_stored_per_step(tiny_reasoning_model):
+def test_reasoning_template_rollouts_have_one_transcript_per_turn(tiny_reasoning_model):
     policy = RecordingPolicy(HFPolicy(tiny_reasoning_model, device="cpu"))
     episodes, _ = collect(policy, group_size=1, max_parallel=2, max_turns=2)
+    calls = {tuple(p): c.token_ids for prompts, cs in policy.calls for p, c in zip(prompts, cs, strict=True)}
     for ep in episodes:
         assert ep.meta["layout"] == "per_step" and "rewrites" in ep.meta["layout_reason"]
-        rows = training_rows(ep)
-        assert [r.input_ids for r in rows] == [s.prompt_ids + s.response_ids for s in ep.steps]
-    with pytest.raises(LayoutError):
-        for ep in episodes:  # a per-step episode is never silently packed into one sequence
-            concat_sequence(ep)
+        assert len(ep.transcripts) == ep.turns
+        for transcript, view in zip(ep.transcripts, ep.turn_tokens().values(), strict=True):
+            assert transcript.ids == view.prompt_ids + view.response_ids
+            assert calls[tuple(view.prompt_ids)] == view.response_ids  # the fresh prompt the policy saw
+    batch = build_batch(episodes)  # never silently packed into one sequence
+    assert len(batch.sequences) == sum(ep.turns for ep in episodes)
 
 
 def test_env_failure_is_recorded_and_the_run_goes_on(hf_policy):
     policy = RecordingPolicy(hf_policy)
     agent = LLMAgent(hf_policy.tokenizer, prompt_format_for("textworld"))
     sampling = SamplingParams(max_new_tokens=4)
-    with Collector(make_env(2), policy, agent, env_id=ENV_ID, sampling=sampling, max_parallel=2) as collector:
+    with Collector(make_env(2), ModelActor(policy, agent, sampling), env_id=ENV_ID, max_parallel=2) as collector:
         episodes = collector.run(["easy/100000", "no-such-task"], seed=0)
     by_task = {ep.task_id: ep for ep in episodes}
     assert "unknown TextWorld task" in by_task["no-such-task"].error and by_task["no-such-task"].turns == 0
     assert by_task["easy/100000"].error is None and by_task["easy/100000"].turns == 2
+
+
+class NoConstraints(RecordingPolicy):
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.capabilities = agentrl.policies.Capabilities(entropies=True)
 
 
 def test_admissible_only_agents_play_only_listed_actions(hf_policy):
@@ -194,14 +203,22 @@ def test_admissible_only_agents_play_only_listed_actions(hf_policy):
     tokenizer = hf_policy.tokenizer
     agent = LLMAgent(tokenizer, prompt_format_for("textworld"), layout="per_step", admissible_only=True)
     sampling = SamplingParams(max_new_tokens=24, temperature=1.0, stop=(ACTION_STOP,), return_entropies=True)
-    with Collector(make_env(3), hf_policy, agent, env_id=ENV_ID, sampling=sampling, split="valid") as collector:
+    with Collector(make_env(3), ModelActor(hf_policy, agent, sampling), env_id=ENV_ID, split="valid") as collector:
         episodes = collector.run(TASKS, group_size=2, seed=1)
     assert len(episodes) == 4
     for ep in episodes:
         shown = ep.meta["reset_info"]["admissible_actions"]
-        for step in ep.steps:
+        views = ep.turn_tokens()
+        for turn, step in enumerate(ep.steps):
             assert step.action in shown and not step.info["invalid_action"] and not step.info.get("parse_error")
-            assert step.response_ids == tokenizer(f"<action>{step.action}</action>", add_special_tokens=False)["input_ids"]
+            response = views[turn].response_ids
+            assert response == tokenizer(f"<action>{step.action}</action>", add_special_tokens=False)["input_ids"]
+            transcript = ep.transcripts[views[turn].transcript]
+            start = len(views[turn].prompt_ids)
+            for j, token in enumerate(response):  # the allowed set of every sampled token travels with it
+                allowed = transcript.extras[ALLOWED][start + j]
+                assert token in allowed
+                assert transcript.loss_mask[start + j] == int(len(allowed) > 1)  # forced tokens carry no gradient
             shown = step.info["admissible_actions"]
     with pytest.raises(ValueError, match="no constrained decoding"):
-        Collector(make_env(3), RecordingPolicy(hf_policy), agent, env_id=ENV_ID, sampling=sampling)
+        ModelActor(NoConstraints(hf_policy), agent, sampling)

@@ -220,7 +220,7 @@ def test_collector_ends_an_episode_whose_prompt_overflows_the_served_context(tin
     import agentrl
     from agentrl.agents.llm import ACTION_STOP, LLMAgent, prompt_format_for
     from agentrl.policies.openai import OpenAIPolicy
-    from agentrl.rollout import Collector
+    from agentrl.rollout import Collector, ModelActor
 
     model_dir = tmp_path / "short-context"
     shutil.copytree(tiny_chat_model, model_dir)
@@ -235,8 +235,8 @@ def test_collector_ends_an_episode_whose_prompt_overflows_the_served_context(tin
     sampling = SamplingParams(max_new_tokens=40, seed=0, stop=(ACTION_STOP,))
     with PolicyServer(HFPolicy(str(model_dir), device="cpu"), model_name="short") as srv:
         client = OpenAIPolicy(srv.url, backoff=5.0)
-        with Collector(lambda: agentrl.make("textworld", split="valid", max_turns=5), client, agent,
-                       env_id="agentrl/TextWorld-v0", sampling=sampling, max_parallel=2) as collector:  # fmt: skip
+        with Collector(lambda: agentrl.make("textworld", split="valid", max_turns=5), ModelActor(client, agent, sampling),
+                       env_id="agentrl/TextWorld-v0", max_parallel=2) as collector:  # fmt: skip
             episodes = collector.run(["easy/100000"], group_size=2)
     assert len(episodes) == 2 and client.stats["retries"] == 0 and client.stats["context_overflows"] >= 1
     for episode in episodes:

@@ -14,15 +14,17 @@ import numpy as np
 import pytest
 import torch
 
-from agentrl.store import StoreError, codec, open_store
+from agentrl.store import StoreError, codec, export, open_store
 from agentrl.store.export import episode_from_dict
-from agentrl.trajectory import Episode, Step
+from agentrl.trajectory import ALLOWED, Episode, Step, Transcript
 
 
 def model_episode(task: str = "t0", *, seed: int = 0, group: str | None = "g0", won: bool = False,
                   version: int | None = 3, split: str = "train", agent: str = "policy") -> Episode:  # fmt: skip
-    """A two-turn concat-layout episode: turn 1's prompt extends turn 0's prompt + response."""
+    """A two-turn concat-layout episode: one transcript, turn 1's prompt extends turn 0's prompt + response."""
     logprobs0 = torch.tensor([-0.5, -1.25, -0.1], dtype=torch.float32).tolist()  # float32 values, as a model gives
+    v0 = version
+    v1 = None if version is None else version + 1
     steps = [
         Step(
             observation="You are in a kitchen.\nThere is a fridge.",
@@ -32,12 +34,7 @@ def model_episode(task: str = "t0", *, seed: int = 0, group: str | None = "g0", 
                   "admissible_actions": ["open fridge", "look"]},  # fmt: skip
             env_seconds=0.003,
             generation_seconds=0.25,
-            prompt_ids=[151644, 8948, 198, 2610, 525],
-            response_ids=[2508, 37179, 151645],
-            loss_mask=[1, 1, 1],
-            logprobs=logprobs0,
-            entropies=[0.7, 1.3, 0.01],  # not float32-exact: stored as float64
-            policy_version=version,
+            policy_version=v0,
         ),
         Step(
             observation="The fridge is open. You see an apple.",
@@ -48,18 +45,20 @@ def model_episode(task: str = "t0", *, seed: int = 0, group: str | None = "g0", 
             info={"task_id": task, "turn": 2, "won": won, "progress": 1.0 if won else 0.5},
             env_seconds=0.004,
             generation_seconds=0.5,
-            prompt_ids=[151644, 8948, 198, 2610, 525, 2508, 37179, 151645, 785, 37179],
-            response_ids=[22743, 23268, 151645],
-            loss_mask=[1, 1, 0],
-            logprobs=[-0.2, -0.3, -0.4],
-            entropies=[0.5, 0.25, 0.125],
-            policy_version=None if version is None else version + 1,
+            policy_version=v1,
         ),
     ]
+    transcript = Transcript(sampling={"temperature": 1.0, "top_p": 1.0, "top_k": 0})
+    transcript.append_prompt([151644, 8948, 198, 2610, 525], 0)
+    transcript.append_sampled([2508, 37179, 151645], 0, logprobs=logprobs0, entropies=[0.7, 1.3, 0.01], version=v0,
+                              allowed=[[2508, 2509], None, [151645]])  # entropies not float32-exact  # fmt: skip
+    transcript.append_prompt([785, 37179], 1)
+    transcript.append_sampled([22743, 23268, 151645], 1, logprobs=[-0.2, -0.3, -0.4], entropies=[0.5, 0.25, 0.125],
+                              loss_mask=[1, 1, 0], version=v1)  # fmt: skip
     return Episode(
         env_id="agentrl/TextWorld-v0", task_id=task, split=split, seed=seed, group_id=group, agent=agent,
         policy_version=version, instruction="Find the apple.", first_observation=steps[0].observation,
-        steps=steps, won=won, progress=1.0 if won else 0.5, started_at=1_700_000_000.123456,
+        steps=steps, transcripts=[transcript], won=won, progress=1.0 if won else 0.5, started_at=1_700_000_000.123456,
         finished_at=1_700_000_002.5, meta={"reset_info": {"task_id": task}, "note": "x"},
     )  # fmt: skip
 
@@ -71,7 +70,9 @@ def model_episode(task: str = "t0", *, seed: int = 0, group: str | None = "g0", 
         ([0, 1, 255], "B", 1 + 3),
         ([256, 0], "H", 1 + 4),
         ([151645, 1], "i", 1 + 8),  # Qwen ids exceed uint16
-        ([-100, 5], "i", 1 + 8),  # negatives (ignore-index padding) skip the unsigned types
+        ([-100, 5], "b", 1 + 2),  # negatives skip the unsigned types
+        ([-1, 300], "h", 1 + 4),
+        ([-100_000, 5], "i", 1 + 8),
         ([2**40], "q", 1 + 8),
         ([], "B", 1),
     ],
@@ -164,28 +165,31 @@ def test_every_field_round_trips(store_url):
     # NaN != NaN, so compare the odd episode field by field with the NaN taken out.
     assert math.isnan(back[1].steps[0].info.pop("nan")) and episodes[1].steps[0].info.pop("nan") is not None
     assert back[1] == episodes[1]
-    assert back[0].steps[1].prompt_ids[:8] == back[0].steps[0].prompt_ids + back[0].steps[0].response_ids
+    assert back[0].transcripts[0].extras[ALLOWED] == {5: [2508, 2509], 7: [151645]}  # positions survive JSON
     assert (info.name, info.kind, info.config, info.episodes, info.steps, info.won) == (
         "roundtrip", "train", {"lr": 1e-6}, 4, 4, 1,
     )  # fmt: skip
     assert info.mean_return == pytest.approx((1.0 - 0.5 + 0.0 + 0.0) / 4)
 
 
-def test_token_arrays_are_stored_as_compact_binary(store_url):
+def test_transcripts_are_stored_as_compact_binary(store_url):
     from sqlalchemy import select
 
-    from agentrl.store.models import steps_table
+    from agentrl.store.models import transcripts_table
 
     with open_store(store_url) as store:
         run = store.start_run("sizes")
         store.write_episode(run, model_episode())
         with store.engine.connect() as conn:
-            rows = conn.execute(select(steps_table).order_by(steps_table.c.turn)).all()
-    first, second = rows
-    assert bytes(first.prompt_ids) == b"i" + array("i", [151644, 8948, 198, 2610, 525]).tobytes()
-    # Turn 1 extends turn 0's 8-token context by two ids: a delta blob of 2 x uint16.
-    assert bytes(second.prompt_ids) == bytes([ord("H") | codec.DELTA_FLAG]) + array("H", [785, 37179]).tobytes()
-    assert len(first.loss_mask) == 1 + 3 and len(first.logprobs) == 1 + 4 * 3 and len(first.entropies) == 1 + 8 * 3
+            (row,) = conn.execute(select(transcripts_table)).all()
+    ids = [151644, 8948, 198, 2610, 525, 2508, 37179, 151645, 785, 37179, 22743, 23268, 151645]
+    assert bytes(row.ids) == b"i" + array("i", ids).tobytes()  # Qwen ids exceed uint16: 4 bytes each
+    assert bytes(row.turns) == b"B" + bytes([0] * 8 + [1] * 5)
+    assert bytes(row.sampled) == b"B" + bytes([0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 1, 1, 1])
+    # Sampled-only fields hold the 6 sampled tokens, not all 13: prompt text costs no float columns.
+    assert bytes(row.loss_mask) == b"B" + bytes([1, 1, 1, 1, 1, 0])
+    assert bytes(row.versions) == b"B" + bytes([3, 3, 3, 4, 4, 4])
+    assert len(row.logprobs) == 1 + 8 * 6 and len(row.entropies) == 1 + 8 * 6  # not all float32-exact: float64
 
 
 def test_batch_write_is_all_or_nothing(store_url):
@@ -238,67 +242,44 @@ def test_selection_by_run_version_split_outcome_group(store_url):
             store.read_episodes(policy_versions=(5, 1))
 
 
-def test_step_batches_as_tensors(store_url):
-    with open_store(store_url) as store:
-        run = store.start_run("tensors")
-        first = store.write_episode(run, model_episode("a", group="g", won=True))
-        second = store.write_episode(run, model_episode("b", group="g", won=False, version=None))
-        (batch,) = list(store.iter_batches(run, episodes_per_batch=8, pad_id=-1))
-    ep = model_episode("a", group="g", won=True)
-    s0, s1 = ep.steps
-    assert batch["input_ids"].shape == (4, 13)  # the longest row: 10 prompt + 3 response ids
-    assert batch["input_ids"][0].tolist() == s0.prompt_ids + s0.response_ids + [-1] * 5
-    assert batch["input_ids"][1].tolist() == s1.prompt_ids + s1.response_ids
-    assert batch["attention_mask"][0].tolist() == [1] * 8 + [0] * 5
-    assert batch["response_mask"][1].tolist() == [0.0] * 10 + [1.0, 1.0, 0.0]
-    assert batch["response_mask"][0].tolist() == [0.0] * 5 + [1.0] * 3 + [0.0] * 5
-    assert batch["logprobs"][0, 5:8].tolist() == s0.logprobs  # float32-exact values survive
-    assert torch.equal(batch["entropies"][1, 10:], torch.tensor(s1.entropies, dtype=torch.float32))
-    assert batch["logprobs"][0, :5].abs().sum().item() == 0.0
-    assert batch["traj_id"].tolist() == [first, first, second, second]
-    assert batch["turn"].tolist() == [0, 1, 0, 1]
-    assert batch["group_index"].tolist() == [0, 0, 0, 0] and batch["group_ids"] == ["g"]
-    assert batch["policy_version"].tolist() == [3, 4, -1, -1]
-    assert batch["rewards"].tolist() == [0.0, 1.0, 0.0, 0.0]
-    assert batch["returns"].tolist() == [1.0, 1.0, 0.0, 0.0]
-    assert batch["prompt_lengths"].tolist() == [5, 10, 5, 10]
-    assert batch["response_lengths"].tolist() == [3, 3, 3, 3]
-
-
-def test_tensor_batches_refuse_episodes_without_tokens(tmp_path):
-    with open_store(tmp_path / "s.db") as store:
-        run = store.start_run("scripted")
-        store.write_episode(run, Episode(env_id="e", task_id="t", steps=[Step("o", "a")]))
-        with pytest.raises(ValueError, match="has no token ids"):
-            next(store.iter_batches(run))
-
-
 def test_exports_parquet_jsonl_and_hf_dataset(store_url, tmp_path):
     import pyarrow.parquet as pq
 
     with open_store(store_url) as store:
         run = store.start_run("export")
         ids = [store.write_episode(run, model_episode(f"t{i}", won=i % 2 == 0)) for i in range(3)]
-        steps_path, jsonl_path = tmp_path / "steps.parquet", tmp_path / "eps.jsonl"
-        assert store.export_parquet(str(steps_path), run) == 6
-        assert store.export_jsonl(str(jsonl_path), run) == 3
-        sft = store.to_hf_dataset(run, won=True)
-        episodes_table = store.to_arrow(run, level="episode")
-    table = pq.read_table(steps_path)
-    rows = table.to_pylist()
+        steps_path, tokens_path, jsonl_path = tmp_path / "steps.parquet", tmp_path / "tokens.parquet", tmp_path / "eps.jsonl"
+        assert export.export_parquet(store, str(steps_path), run) == 6
+        assert export.export_parquet(store, str(tokens_path), run, level="transcript") == 3
+        assert export.export_jsonl(store, str(jsonl_path), run) == 3
+        assert export.export_jsonl(store, str(tmp_path / "tokens.jsonl"), run, level="transcript", won=False) == 1
+        won = export.to_hf_dataset(store, run, won=True)
+        episodes_table = export.to_arrow(store, run, level="episode")
+        with pytest.raises(ValueError, match="pass the tokenizer"):
+            export.to_arrow(store, run, level="sft")
+    rows = pq.read_table(steps_path).to_pylist()
     reference = model_episode("t1", won=False)
     row = rows[3]  # episode t1, turn 1
     assert (row["episode_id"], row["task_id"], row["turn"], row["won"]) == (ids[1], "t1", 1, False)
-    assert row["prompt_ids"] == reference.steps[1].prompt_ids and row["loss_mask"] == [1, 1, 0]
-    assert row["logprobs"] == reference.steps[1].logprobs and row["action"] == "take apple"
+    assert row["action"] == "take apple" and row["policy_version"] == 4
     assert json.loads(row["info"]) == reference.steps[1].info
+    token_row = pq.read_table(tokens_path).to_pylist()[1]  # the token view: the transcript exactly
+    (transcript,) = reference.transcripts
+    assert (token_row["episode_id"], token_row["position"]) == (ids[1], 0)
+    assert token_row["input_ids"] == transcript.ids
+    for name in ("turns", "sampled", "loss_mask", "logprobs", "entropies", "versions"):
+        assert token_row[name] == getattr(transcript, name), name
+    assert json.loads(token_row["sampling"]) == transcript.sampling
+    # What a Hugging Face trainer needs: every token attended, labels only where the learner trains
+    # (turn 1's last token was forced: loss mask 0, so no label).
+    assert token_row["attention_mask"] == [1] * 13
+    assert token_row["labels"] == [-100] * 5 + [2508, 37179, 151645] + [-100, -100] + [22743, 23268, -100]
+    assert token_row["rewards"] == [0.0, 0.0]
+    assert json.loads(token_row["extras"]) == {"allowed": {"5": [2508, 2509], "7": [151645]}}
+    (jsonl_row,) = [json.loads(line) for line in (tmp_path / "tokens.jsonl").read_text().splitlines()]
+    assert jsonl_row == token_row
     lines = jsonl_path.read_text().splitlines()
     assert episode_from_dict(json.loads(lines[1])) == reference
-    assert len(sft) == 2 and sft["task_id"] == ["t0", "t2"]
-    assert sft[0]["messages"] == [
-        {"role": "user", "content": "You are in a kitchen.\nThere is a fridge."},
-        {"role": "assistant", "content": "open fridge"},
-        {"role": "user", "content": "The fridge is open. You see an apple."},
-        {"role": "assistant", "content": "take apple"},
-    ]
+    assert len(won) == 2 and won["task_id"] == ["t0", "t2"] and "messages" not in won.column_names
+    assert won[0]["actions"] == ["open fridge", "take apple"] and won[0]["rewards"] == [0.0, 1.0]
     assert episodes_table.num_rows == 3 and episodes_table.column("episode_return").to_pylist() == [1.0, 0.0, 1.0]

@@ -83,12 +83,12 @@ def _write_schema_0001_store(url: str) -> None:
 
 def test_a_store_from_an_older_schema_opens_after_upgrade(store_url):
     _write_schema_0001_store(store_url)
-    with pytest.raises(StoreError, match="schema 0001, older than this agentrl's 0002") as excinfo:
+    with pytest.raises(StoreError, match=f"schema 0001, older than this agentrl's {SCHEMA_HEAD}") as excinfo:
         open_store(store_url)
     assert "agentrl store upgrade" in excinfo.value.hint
     result = runner.invoke(app, ["store", "upgrade", "--store", store_url])
     assert result.exit_code == 0, result.output
-    assert "upgraded store from schema 0001 to 0002" in result.output
+    assert f"upgraded store from schema 0001 to {SCHEMA_HEAD}" in result.output
     with open_store(store_url, create=False) as store:
         assert store.check_integrity() == []
         assert [ep.task_id for ep in store.read_episodes(1)] == ["t1", "t2"]
@@ -96,10 +96,85 @@ def test_a_store_from_an_older_schema_opens_after_upgrade(store_url):
         assert [ep.task_id for ep in store.read_episodes(policy_versions=(2, 3))] == ["t1"]
         assert store.read_episodes(policy_versions=(3, 3)) == []
         old = store.read_episodes(1)[0]
-        assert [s.reward for s in old.steps] == [0.0, 1.0] and old.steps[1].prompt_ids == [1, 2, 3]
+        assert [s.reward for s in old.steps] == [0.0, 1.0]
+        # 0003: both turns saw [1, 2, 3] (turn 1's prompt does not extend turn 0's [1, 2, 3, 9]): two transcripts
+        assert [t.ids for t in old.transcripts] == [[1, 2, 3, 9], [1, 2, 3, 9]]
+        assert [t.turns for t in old.transcripts] == [[0, 0, 0, 0], [1, 1, 1, 1]]
         run_id = store.start_run("new run")  # and the upgraded store takes new episodes
         assert run_id == 2
-    assert "up to date (schema 0002)" in runner.invoke(app, ["store", "upgrade", "--store", store_url]).output
+    assert f"up to date (schema {SCHEMA_HEAD})" in runner.invoke(app, ["store", "upgrade", "--store", store_url]).output
+
+
+def _write_schema_0002_store(url: str) -> list:
+    """A store as the 0002 writer left it (per-step token columns, prompts delta-encoded against the
+    previous turn's prompt + response); returns the transcripts the agent would write today."""
+    from agentrl.trajectory import Transcript
+
+    assert upgrade_schema(url, "0002", create=True) == (None, "0002")
+    # Episode 1 (concat): turn 1's prompt extends turn 0's context. Episode 2 (per step): it does not.
+    concat = [([5, 6, 7], [300, 301], [1, 1], [-0.5, -1.25], [0.75, 0.5], 4),
+              ([5, 6, 7, 300, 301, 8, 9], [302], [0], [-0.1], [0.3], 5)]  # fmt: skip
+    per_step = [([5, 6, 7], [40, 41], [1, 1], [-0.25, -0.5], None, None),
+                ([9, 8, 7], [42], [1], [-0.125], None, None)]  # fmt: skip
+    expected = []
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            run = conn.execute(text("INSERT INTO runs (name, kind, env_id, config, agentrl_version, created_at) "
+                                    "VALUES ('r', 'train', NULL, NULL, '0.1.0', 50.0) RETURNING id")).scalar_one()  # fmt: skip
+            for number, turns in ((1, concat), (2, per_step)):
+                episode_id = conn.execute(text(
+                    "INSERT INTO episodes (run_id, env_id, task_id, split, seed, group_id, agent, policy_version, "
+                    "instruction, first_observation, won, progress, episode_return, turns, truncated, error, started_at, "
+                    "finished_at, meta, policy_version_min, policy_version_max, written_at) VALUES (:run, 'e', :task, "
+                    "'train', 0, 'g', 'policy', NULL, NULL, 'start', false, 0.0, 0.0, 2, false, NULL, 1.0, 2.0, '{}', "
+                    "NULL, NULL, 3.0) RETURNING id"), {"run": run, "task": f"t{number}"}).scalar_one()  # fmt: skip
+                context, transcripts = None, []
+                for turn, (prompt, response, mask, logprobs, entropies, version) in enumerate(turns):
+                    conn.execute(text(
+                        "INSERT INTO steps (episode_id, turn, observation, action, reward, terminated, truncated, info, "
+                        "env_seconds, generation_seconds, prompt_ids, response_ids, loss_mask, logprobs, entropies, "
+                        "policy_version) VALUES (:episode, :turn, 'o', 'a', 0.0, false, false, '{}', 0.1, 0.1, :prompt, "
+                        ":response, :mask, :logprobs, :entropies, :version)"), {
+                        "episode": episode_id, "turn": turn, "prompt": codec.encode_prompt(prompt, context),
+                        "response": codec.encode_ints(response), "mask": codec.encode_ints(mask),
+                        "logprobs": codec.encode_floats(logprobs), "entropies": codec.encode_floats(entropies),
+                        "version": version})  # fmt: skip
+                    context = prompt + response
+                    current = transcripts[-1] if transcripts and prompt[: len(transcripts[-1].ids)] == transcripts[-1].ids else None
+                    if current is None:
+                        current = Transcript()
+                        transcripts.append(current)
+                    current.append_prompt(prompt[len(current.ids) :], turn)
+                    current.append_sampled(response, turn, logprobs=logprobs, entropies=entropies, loss_mask=mask, version=version)
+                expected.append(transcripts)
+    finally:
+        engine.dispose()
+    return expected
+
+
+def test_upgrading_a_0002_store_rebuilds_the_transcripts_exactly(store_url):
+    expected = _write_schema_0002_store(store_url)
+    assert upgrade_schema(store_url) == ("0002", SCHEMA_HEAD)
+    with open_store(store_url, create=False) as store:
+        assert store.check_integrity() == []
+        concat, per_step = store.read_episodes(1)
+        assert [concat.transcripts, per_step.transcripts] == expected
+        assert len(concat.transcripts) == 1 and len(per_step.transcripts) == 2
+        assert concat.transcripts[0].ids == [5, 6, 7, 300, 301, 8, 9, 302]
+        assert per_step.transcripts[0].entropies is None and concat.steps[1].policy_version == 5
+    # and back down: 0002's columns come back byte for byte, and up again gives the same transcripts
+    assert upgrade_schema(store_url, "0002") == (SCHEMA_HEAD, "0002")
+    engine = create_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            prompt = conn.execute(text("SELECT prompt_ids FROM steps WHERE episode_id = 1 AND turn = 1")).scalar_one()
+        assert bytes(prompt) == codec.encode_prompt([5, 6, 7, 300, 301, 8, 9], [5, 6, 7, 300, 301])
+    finally:
+        engine.dispose()
+    upgrade_schema(store_url)
+    with open_store(store_url, create=False) as store:
+        assert [ep.transcripts for ep in store.read_episodes(1)] == expected
 
 
 # --- bad input: one line each, nothing written ---------------------------------------------------
@@ -222,7 +297,7 @@ def test_eval_records_every_episode_and_store_commands_read_them(tmp_path):
     assert pq.read_table(tmp_path / "steps.parquet").num_rows == steps
     assert len((tmp_path / "episodes.jsonl").read_text().splitlines()) == 4
     dataset = datasets.load_from_disk(str(tmp_path / "dataset"))
-    assert len(dataset) == 4 and dataset[0]["messages"][1] == {"role": "assistant", "content": pairs[0][1].steps[0].action}
+    assert len(dataset) == 4 and dataset[0]["actions"] == [step.action for step in pairs[0][1].steps]
     assert os.path.exists(tmp_path / "runs.db")
 
 

@@ -20,31 +20,30 @@ from agentrl.store import open_store
 WRITER = r'''
 import sys, time
 from agentrl.store import open_store
-from agentrl.trajectory import Episode, Step
+from agentrl.testing import token_episode
 
 
 def episode(writer, index):
     turns = 1 + index % 4
-    steps = [
-        Step(
-            observation=f"writer {writer} episode {index} turn {t}: " + "room " * 8,
-            action=f"go {t}",
-            reward=1.0 if t == turns - 1 else 0.0,
-            terminated=t == turns - 1,
-            info={"turn": t + 1, "won": t == turns - 1},
-            prompt_ids=list(range(index % 97, index % 97 + 20 + t)),
-            response_ids=[writer, index, t] * 4,
-            loss_mask=[1] * 12,
-            logprobs=[-0.25] * 12,
-            entropies=[0.5] * 12,
-            policy_version=index // 100,
-        )
-        for t in range(turns)
-    ]
-    return Episode(env_id="agentrl/Synthetic-v0", task_id=f"w{writer}-e{index}", seed=index, group_id=f"w{writer}",
-                   agent="synthetic", policy_version=index // 100, first_observation=steps[0].observation,
-                   steps=steps, won=True, progress=1.0, started_at=float(index), finished_at=index + 0.5,
-                   meta={"writer": writer, "index": index})
+    return token_episode(
+        [
+            dict(
+                observation=f"writer {writer} episode {index} turn {t}: " + "room " * 8,
+                action=f"go {t}",
+                reward=1.0 if t == turns - 1 else 0.0,
+                prompt=list(range(index % 97, index % 97 + 20 + t)),
+                response=[writer, index, t] * 4,
+                logprobs=[-0.25] * 12,
+                entropies=[0.5] * 12,
+                version=index // 100,
+            )
+            for t in range(turns)
+        ],
+        env_id="agentrl/Synthetic-v0", task_id=f"w{writer}-e{index}", seed=index, group_id=f"w{writer}",
+        agent="synthetic", policy_version=index // 100, first_observation=f"writer {writer} episode {index} turn 0: "
+        + "room " * 8, won=True, progress=1.0, started_at=float(index), finished_at=index + 0.5,
+        meta={"writer": writer, "index": index},
+    )
 
 
 if __name__ == "__main__":

@@ -1,21 +1,24 @@
 """The LLM agent: prompts per environment, the action parser, and exact token bookkeeping.
 
 The agent turns an episode into token ids for a policy and a sampled completion into an env action.
-It never decodes and re-tokenises a sampled turn: in the **concat** layout each turn's prompt is
+The agent writes the episode's token side as it goes: a :class:`~agentrl.trajectory.Transcript`
+that it extends with the prompt text it shows the policy (loss mask 0) and the ids the policy
+sampled, verbatim, with their behaviour statistics. It never decodes and re-tokenises a sampled
+turn: in the **concat** layout the transcript is the policy's next prompt,
 
-    prompt_ids[t + 1] = prompt_ids[t] + response_ids[t] + encode(delta[t + 1])
+    prompt[t + 1] = prompt[t] + response[t] + encode(delta[t + 1])
 
 where ``delta`` is the text the chat template adds after the sampled response (the end of the
 assistant turn if the model did not sample it, the new user message with the observation, the
-generation prompt), tokenised once. So each prompt is a prefix of the next and one sequence per
-episode carries every turn (loss mask 1 on sampled ids only).
+generation prompt), tokenised once. One transcript per episode carries every turn.
 
 Some chat templates rewrite earlier turns when rendered again (Qwen3 drops ``<think>`` blocks of
 past assistant turns). Then the concat prefix would no longer be what the template means; the agent
 detects it (once per tokenizer with a probe, and again every turn by a text prefix check) and
 switches that episode to the **per-step** layout: each turn's prompt is the template rendered afresh
-over a window of the last ``history`` turns, tokenised once, and recorded verbatim as the prompt the
-policy saw. ``episode.meta["layout"]`` says which layout an episode has and why.
+over a window of the last ``history`` turns, tokenised once, and that turn gets a transcript of its
+own (prompt + response). ``AgentEpisode.layout`` / ``layout_reason`` say which layout an episode has
+and why.
 
 Constrained decoding (``admissible_only=True``): the agent also gives, per turn, the admissible
 actions shown in the prompt as token ids of ``<action>A</action>`` (:meth:`LLMAgent.choices`), and a
@@ -32,13 +35,25 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from agentrl.core import PromptSpec, TextEnv
+from agentrl.policies.base import sampling_settings
+from agentrl.trajectory import Transcript
+
+if TYPE_CHECKING:
+    from agentrl.policies.base import Completion, SamplingParams
 
 Layout = Literal["concat", "per_step"]
 
 ACTION_PATTERN = re.compile(r"<action>(.*?)</action>", re.DOTALL)
 ACTION_STOP = "</action>"
 FORMAT_REMINDER = "Your reply had no <action>...</action> command, so nothing happened."
+#: The action format this agent parses, appended to every environment's description.
+ACTION_RULE = (
+    "Reply with exactly one command inside <action>...</action>, for example <action>look</action>. "
+    "You may think briefly before the action tag."
+)
 
 
 def parse_action(text: str) -> str | None:
@@ -50,49 +65,48 @@ def parse_action(text: str) -> str | None:
     return action or None
 
 
+def response_text(tokenizer: Any, ids: list[int]) -> str:
+    """The text an agent reads a sampled response as (and parses its action from): the decoded ids
+    without a final end-of-turn token (the tokenizer's EOS, which the chat template renders itself).
+
+    The one definition, shared by :meth:`LLMAgent.act` and the chat export
+    (:mod:`agentrl.store.chat`), so that exported completions are exactly what the agent read. The
+    text is the tokens' text verbatim: no clean-up of spaces before punctuation, which some
+    tokenizers do by default and which would make it differ from what the model wrote.
+    """
+    eos = tokenizer.eos_token_id
+    content = ids[:-1] if ids and eos is not None and ids[-1] == eos else ids
+    return tokenizer.decode(content, clean_up_tokenization_spaces=False)
+
+
 @dataclass(frozen=True)
 class PromptFormat:
-    """How an environment is presented to a model."""
+    """How an environment is presented to a model: the full system prompt and the action listing."""
 
     system: str  # the system prompt
     list_admissible: bool = True  # append the admissible actions (when the env gives them) to each observation
     max_admissible: int = 60  # list at most this many admissible actions
 
+    @classmethod
+    def for_env(cls, spec: PromptSpec) -> PromptFormat:
+        """The format of an env's :class:`~agentrl.core.PromptSpec`: its description plus our action rule."""
+        return cls(f"{spec.description} {ACTION_RULE}", spec.list_admissible, spec.max_admissible)
 
-_ACTION_RULE = (
-    "Reply with exactly one command inside <action>...</action>, for example <action>look</action>. "
-    "You may think briefly before the action tag."
-)
 
-PROMPT_FORMATS: dict[str, PromptFormat] = {
-    "textworld": PromptFormat(
-        "You are playing a text adventure game. Reach the goal stated in the task by typing game commands. "
-        + _ACTION_RULE
-    ),
-    "alfworld": PromptFormat(
-        "You are a household robot in a simulated home. Complete the task by interacting with objects and "
-        "receptacles. " + _ACTION_RULE
-    ),
-    "scienceworld": PromptFormat(
-        "You are an agent in a simulated science laboratory and home. Complete the science task step by step. "
-        + _ACTION_RULE,
-        max_admissible=40,
-    ),
-    "webshop": PromptFormat(
-        "You are shopping on a web store for the user's request. Use search[query] and click[button] commands. "
-        + _ACTION_RULE
-    ),
-    "mle": PromptFormat(
-        "You are a machine-learning engineer solving a task in a sandbox. " + _ACTION_RULE, list_admissible=False
-    ),
-}
-DEFAULT_FORMAT = PromptFormat("You are an agent acting in a text environment. " + _ACTION_RULE)
+DEFAULT_FORMAT = PromptFormat.for_env(TextEnv.prompt)
 
 
 def prompt_format_for(env_id: str) -> PromptFormat:
-    """The prompt format of an env id or alias (``agentrl/TextWorld-v0``, ``textworld``)."""
-    key = env_id.lower().split("/")[-1].split("-v")[0]
-    return PROMPT_FORMATS.get(key, DEFAULT_FORMAT)
+    """The prompt format of a registered env id or alias (the env class's ``prompt``); the default
+    format for an id that is not registered or an entry point that is not a class."""
+    from agentrl.registry import UnknownEnvError, env_class
+
+    try:
+        cls = env_class(env_id)
+    except UnknownEnvError:
+        return DEFAULT_FORMAT
+    spec = getattr(cls, "prompt", None)
+    return PromptFormat.for_env(spec) if isinstance(spec, PromptSpec) else DEFAULT_FORMAT
 
 
 @dataclass
@@ -109,11 +123,22 @@ class AgentEpisode:
     turns: list[Turn]
     layout: Layout
     layout_reason: str | None = None
-    prompt_ids: list[int] | None = None  # concat: the running sequence the policy sees next
-    prompt_text: str = ""  # concat: the template text that prompt_ids stand for
+    transcripts: list[Transcript] = field(default_factory=list)  # the token side, appended as the episode goes
+    prompt_text: str = ""  # concat: the template text the open transcript stands for
+    pending_prompt: list[int] | None = None  # per-step: the prompt ids given to the policy this turn
     last_parse_ok: bool = True
     admissible: list[str] | None = None  # the admissible actions shown in the current prompt
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def turn(self) -> int:
+        """Index of the current turn (the one the next completion answers)."""
+        return len(self.turns) - 1
+
+    @property
+    def open_transcript(self) -> Transcript | None:
+        """Concat: the transcript that is the policy's next prompt; ``None`` in the per-step layout."""
+        return self.transcripts[-1] if self.layout == "concat" and self.transcripts else None
 
 
 class LLMAgent:
@@ -155,24 +180,28 @@ class LLMAgent:
 
     # -- episode lifecycle ----------------------------------------------------------------------
 
-    def start(self, obs: str, info: dict[str, Any]) -> AgentEpisode:
-        """Begin an episode from the env's first observation and info."""
+    def start(self, obs: str, info: dict[str, Any], *, preamble: str | None = None) -> AgentEpisode:
+        """Begin an episode from the env's first observation and info (``preamble`` opens the first
+        user message, e.g. a reflective agent's memory)."""
         instruction = info.get("instruction")
         first = self._user_text(obs, info, instruction=instruction)
+        if preamble:
+            first = f"{preamble}\n\n{first}"
         episode = AgentEpisode(instruction, [Turn(first)], self.layout, self.layout_reason, admissible=self._shown(info))
         if episode.layout == "concat":
-            episode.prompt_text = self._render(episode.turns)
-            episode.prompt_ids = self._encode(episode.prompt_text)
+            self._open_transcript(episode)
         return episode
 
     def prompt_ids(self, episode: AgentEpisode) -> list[int]:
         """The exact ids to give the policy for the current turn."""
-        if episode.layout == "concat":
-            assert episode.prompt_ids is not None
-            return list(episode.prompt_ids)
+        transcript = episode.open_transcript
+        if transcript is not None:
+            return list(transcript.ids)
         if self.tokenizer is None:
             raise ValueError("this agent has no tokenizer: it can only build chat messages")
-        return self._encode(self.tokenizer.apply_chat_template(self.messages(episode), tokenize=False, add_generation_prompt=True))
+        text = self.tokenizer.apply_chat_template(self.messages(episode), tokenize=False, add_generation_prompt=True)
+        episode.pending_prompt = self.encode(text)
+        return list(episode.pending_prompt)
 
     def messages(self, episode: AgentEpisode) -> list[dict[str, str]]:
         """The chat messages of the current turn: system prompt and the last ``history`` turns."""
@@ -189,41 +218,80 @@ class LLMAgent:
         """
         if not self.admissible_only or not episode.admissible:
             return None
-        return [self._encode(f"<action>{action}</action>") for action in episode.admissible]
+        return [self.encode(f"<action>{action}</action>") for action in episode.admissible]
 
-    def act(self, episode: AgentEpisode, response_ids: list[int] | None, text: str | None = None) -> str:
-        """Record a sampled completion and return the env action (``""`` when unparseable)."""
-        if response_ids is not None and self.tokenizer is not None:
-            content_ids = response_ids[:-1] if response_ids and response_ids[-1] in self.eos_ids else response_ids
-            text = self.tokenizer.decode(content_ids)
+    def act(
+        self,
+        episode: AgentEpisode,
+        completion: Completion,
+        *,
+        version: int | None = None,
+        sampling: SamplingParams | None = None,
+    ) -> str:
+        """Record a completion (its ids go into the transcript verbatim) and return the env action.
+
+        The action is ``""`` when the completion has no complete ``<action>`` tag. A completion
+        without token ids (a text-only chat endpoint) is recorded as text only.
+        """
+        ids = completion.token_ids
+        text = completion.text
+        if ids is not None and self.tokenizer is not None:
+            text = response_text(self.tokenizer, ids)
+            self._record(episode, completion, version, sampling)
         text = text or ""
         episode.turns[-1].assistant = text
         action = parse_action(text)
         episode.last_parse_ok = action is not None
-        episode.meta["_last_response_ids"] = response_ids
+        episode.meta["_last_response_ids"] = ids
         return action or ""
 
     def observe(self, episode: AgentEpisode, obs: str, info: dict[str, Any]) -> None:
-        """Add the env's answer as the next user turn and extend the prompt ids by its delta only."""
+        """Add the env's answer as the next user turn; in concat, extend the transcript by its delta only."""
         user = self._user_text(obs, info, reminder=not episode.last_parse_ok)
         response_ids = episode.meta.pop("_last_response_ids", None)
         episode.turns.append(Turn(user))
         episode.admissible = self._shown(info)
-        if episode.layout != "concat":
+        transcript = episode.open_transcript
+        if transcript is None:
             return
-        assert episode.prompt_ids is not None
         new_text = self._render(episode.turns)
         content = episode.turns[-2].assistant or ""
         delta = self._delta(episode.prompt_text, content, response_ids, new_text)
         if delta is None or response_ids is None:
             episode.layout = "per_step"
             episode.layout_reason = "chat template changed an earlier turn" if response_ids is not None else "no token ids"
-            episode.prompt_ids = None
             return
-        episode.prompt_ids = episode.prompt_ids + list(response_ids) + self._encode(delta)
+        transcript.append_prompt(self.encode(delta), episode.turn)
         episode.prompt_text = new_text
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _open_transcript(self, episode: AgentEpisode) -> None:
+        episode.prompt_text = self._render(episode.turns)
+        transcript = Transcript()
+        transcript.append_prompt(self.encode(episode.prompt_text), episode.turn)
+        episode.transcripts.append(transcript)
+
+    def _record(self, episode: AgentEpisode, completion: Completion, version: int | None, sampling: SamplingParams | None) -> None:
+        """Append the sampled ids to the open transcript (concat) or to a new one for this turn (per-step)."""
+        transcript = episode.open_transcript
+        if transcript is None:
+            if episode.pending_prompt is None:
+                raise ValueError("act() before prompt_ids(): the per-step layout records the prompt it gave the policy")
+            transcript = Transcript()
+            transcript.append_prompt(episode.pending_prompt, episode.turn)
+            episode.transcripts.append(transcript)
+            episode.pending_prompt = None
+        settings = None if sampling is None else sampling_settings(sampling)
+        if transcript.sampling is None:
+            transcript.sampling = settings
+        elif settings is not None and settings != transcript.sampling:
+            raise ValueError(f"one transcript sampled with two settings: {transcript.sampling} then {settings}")
+        assert completion.token_ids is not None
+        transcript.append_sampled(
+            completion.token_ids, episode.turn, logprobs=completion.logprobs, entropies=completion.entropies,
+            loss_mask=completion.loss_mask, version=version, allowed=completion.allowed,
+        )  # fmt: skip
 
     def _delta(self, prev_text: str, content: str, response_ids: list[int] | None, new_text: str) -> str | None:
         """Template text after the sampled response, or ``None`` if the template rewrote history."""
@@ -267,7 +335,8 @@ class LLMAgent:
     def _render(self, turns: list[Turn]) -> str:
         return self.tokenizer.apply_chat_template(self._messages(turns), tokenize=False, add_generation_prompt=True)
 
-    def _encode(self, text: str) -> list[int]:
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` as this agent tokenises prompt text (no special tokens added)."""
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

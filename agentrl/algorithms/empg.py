@@ -16,9 +16,12 @@ Implemented from these equations (not from the project page's pseudo-code).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from agentrl.algorithms._common import IdsLike, as_codes, check_contiguous
+from agentrl.algorithms.registry import AdvantageShaper, Reduce, Steps, register
 
 ENTROPY_RANGE_EPS = 1e-8
 
@@ -31,13 +34,30 @@ def modulate_advantages(
     k: float = 1.0,
     k_future: float = 1.0,
     zeta: float = 0.1,
+    reduce: Reduce | None = None,
+    trainable: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """EMPG advantages per step: ``A [S], H [S], traj_ids [S] -> A_final [S]``.
 
     ``step_advantages`` is the trajectory advantage broadcast to each of its steps; ``step_entropy``
     the turn's token-mean entropy. Steps of a trajectory must be contiguous and in turn order.
-    No gradient flows through (advantages are constants of the loss).
+    No gradient flows through (advantages are constants of the loss). ``reduce`` takes the batch
+    min, max and means over every rank of a data-parallel learner (one process: this batch).
+
+    ``trainable [S]`` (bool): only these steps take part. A turn whose every token was forced
+    (constrained decoding left one choice) has no policy-gradient term and its entropy is not a
+    measure of the policy's uncertainty; counting it with entropy 0 would pull the batch minimum to
+    0, give the turn before it a full future-clarity bonus and shift the centring. So the statistics,
+    the "next step" of ``f_next`` (the next trainable step of the trajectory) and the centring all
+    run over the trainable steps; the others keep their advantage (it multiplies no token).
     """
+    reduce = reduce or Reduce()
+    if trainable is not None and not bool(trainable.all()):
+        codes, _ = as_codes(traj_ids, device=step_advantages.device)
+        keep = trainable.to(torch.bool).nonzero().squeeze(-1)
+        out = step_advantages.clone().to(torch.promote_types(step_advantages.dtype, torch.float32))
+        out[keep] = modulate_advantages(step_advantages[keep], step_entropy[keep], codes[keep], k, k_future, zeta, reduce)
+        return out
     if step_advantages.shape != step_entropy.shape or step_advantages.dim() != 1:
         raise ValueError(
             f"step_advantages and step_entropy must both be [S]; got {tuple(step_advantages.shape)} "
@@ -53,9 +73,10 @@ def modulate_advantages(
     adv = step_advantages.to(dtype)
     entropy = step_entropy.detach().to(dtype)
 
-    normalised = (entropy - entropy.min()) / (entropy.max() - entropy.min() + ENTROPY_RANGE_EPS)  # H~ [S]
+    low, high = reduce.min(entropy.min()), reduce.max(entropy.max())
+    normalised = (entropy - low) / (high - low + ENTROPY_RANGE_EPS)  # H~ [S]
     g = torch.exp(-k * normalised)
-    g = g / g.mean()  # [S], batch mean 1
+    g = g / reduce.mean(g)  # [S], batch mean 1
     f = torch.exp(-k_future * normalised)  # [S]
     same_traj_next = torch.zeros_like(adv, dtype=torch.bool)
     same_traj_next[:-1] = codes[1:] == codes[:-1]  # step s has a next step in its trajectory
@@ -64,4 +85,26 @@ def modulate_advantages(
     f_next = torch.where(same_traj_next, f_next, torch.zeros_like(f_next))  # [S]
 
     modulated = g * adv + zeta * f_next  # A_mod [S]
-    return modulated - modulated.mean()  # A_final [S]
+    return modulated - reduce.mean(modulated)  # A_final [S]
+
+
+@register
+class EMPG(AdvantageShaper):
+    """EMPG's entropy modulation of the per-step advantages (see the module docstring)."""
+
+    name = "empg"
+    needs_entropy = True
+
+    @dataclass
+    class Config:
+        k: float = 1.0  # sharpness of the self-calibrating scale g = exp(-k H~)
+        k_future: float = 1.0  # sharpness of the future-clarity term f = exp(-k' H~)
+        zeta: float = 0.1  # weight of the future-clarity bonus
+
+    def __call__(self, steps: Steps, advantages: torch.Tensor, reduce: Reduce) -> torch.Tensor:
+        if steps.entropy is None:
+            raise ValueError("EMPG needs per-step entropies: sample with return_entropies=True")
+        c = self.config
+        return modulate_advantages(
+            advantages, steps.entropy, steps.traj_index, c.k, c.k_future, c.zeta, reduce, trainable=steps.trainable
+        )

@@ -18,11 +18,13 @@ Defaults: lambda = 1e-3, kappa_l = 0, kappa_r = 2, gamma = 3, alpha = 0.1 (ALFWo
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from agentrl.algorithms._common import IdsLike, as_codes, row_mean
+from agentrl.algorithms.registry import LossTerm, Tokens, register
 
 
 def turn_weights(mask: torch.Tensor, traj_ids: IdsLike) -> torch.Tensor:
@@ -133,3 +135,53 @@ class EntropyHistory:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = [float(v) for v in state["history"]]
+
+
+@register
+class EPO(LossTerm):
+    """EPO's two entropy terms, ``-lambda (L_H - beta_k L_smooth)``, with the entropy history as state.
+
+    Defaults from the paper (ALFWorld; ``alpha=0.05`` for ScienceWorld).
+    """
+
+    name = "epo"
+    needs_schedule = True  # beta_k decays over the run's K optimizer steps
+
+    @dataclass
+    class Config:
+        lam: float = 1e-3  # lambda: weight of the entropy terms
+        kappa_l: float = 0.0  # lower corridor bound, as a multiple of the reference entropy
+        kappa_r: float = 2.0  # upper corridor bound, as a multiple of the reference entropy
+        gamma: float = 3.0  # decay rate of beta_k
+        alpha: float = 0.1  # penalty scale (0.05 for ScienceWorld)
+        detach_penalty: bool = False  # True = the authors' code (penalty without gradient), False = the paper
+
+    def __init__(self, config: Any = None):
+        super().__init__(config)
+        self.history = EntropyHistory()
+        self.reference: float | None = None
+        self.beta_k = 0.0
+
+    def start_step(self, step: int, total_steps: int | None) -> None:
+        self.reference = self.history.reference
+        self.beta_k = beta(step, total_steps, self.config.gamma)
+
+    def __call__(self, tokens: Tokens) -> tuple[torch.Tensor, dict[str, float]]:
+        c = self.config
+        traj_entropy = tokens.nested_mean(tokens.entropy)  # L_H share
+        smooth = torch.zeros((), device=tokens.entropy.device)
+        if self.reference is not None:  # step 0: no history, no penalty
+            penalty = token_penalty(tokens.entropy, self.reference, c.kappa_l, c.kappa_r, c.alpha)  # [n, R]
+            smooth = tokens.nested_mean(penalty.detach() if c.detach_penalty else penalty)
+        term = -c.lam * (traj_entropy - self.beta_k * smooth)
+        return term, {"epo_entropy": traj_entropy.item(), "epo_smooth": smooth.item()}
+
+    def end_step(self, batch_entropy: float) -> dict[str, Any]:
+        self.history.update(batch_entropy)
+        return {"epo_beta": self.beta_k, "epo_reference": self.reference}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.history.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history.load_state_dict(state)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from agentrl.algorithms._common import masked_mean, row_mean
+from agentrl.algorithms.registry import PolicyLoss, Tokens, register
 
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean")
 
@@ -87,3 +88,13 @@ def clip_fraction(
     ratio = torch.exp(logp - old_logp)
     clipped = ((adv > 0) & (ratio > 1.0 + eps_high)) | ((adv < 0) & (ratio < 1.0 - eps_low))
     return masked_mean(clipped.to(torch.float32), mask)
+
+
+@register
+class Clip(PolicyLoss):
+    """PPO-clip with asymmetric clipping (``eps_low``/``eps_high`` from the learner)."""
+
+    name = "clip"
+
+    def __call__(self, tokens: Tokens) -> torch.Tensor:
+        return clip_token_loss(tokens.logp, tokens.old_logp, tokens.advantages, tokens.eps_low, tokens.eps_high)

@@ -28,7 +28,7 @@ def reflexion_eval(opts: EvalOptions) -> dict[str, Any]:
     import agentrl
     from agentrl.agents.llm import prompt_format_for
     from agentrl.retroformer import Reflector, ReflexionAgent, run_trials
-    from agentrl.rollout.collector import Collector
+    from agentrl.rollout import Collector, ModelActor
 
     assert opts.model is not None  # EvalOptions refuses --agent reflexion without --model
     entry, env_kwargs = resolve_env(opts.env, opts.env_args, opts.env_overrides)
@@ -62,8 +62,8 @@ def reflexion_eval(opts: EvalOptions) -> dict[str, Any]:
         runs = (recorder.start(f"eval reflexion {entry.id} {split} trials", env_id=entry.id, config=config),
                 recorder.start(f"eval reflexion {entry.id} {split} reflections", env_id=entry.id, config=config))  # fmt: skip
     try:
-        with Collector(lambda: agentrl.make(entry.id, split=split, **env_kwargs), actor, agent, env_id=entry.id,
-                       sampling=opts.sampling(), max_parallel=opts.parallel, split=split) as collector:
+        with Collector(lambda: agentrl.make(entry.id, split=split, **env_kwargs), ModelActor(actor, agent, opts.sampling()),
+                       env_id=entry.id, max_parallel=opts.parallel, split=split) as collector:
             report = run_trials(collector, agent, writer, panel, trials=opts.trials, seed=opts.seed,
                                 store=recorder.store if recorder else None,
                                 trial_run=runs[0] if runs else None, reflection_run=runs[1] if runs else None)  # fmt: skip

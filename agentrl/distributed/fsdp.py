@@ -34,9 +34,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from agentrl.training.batch import build_batch
 from agentrl.training.config import LearnerConfig
 from agentrl.training.learner import Learner
-from agentrl.training.rows import build_rows
 from agentrl.trajectory import Episode
 
 
@@ -94,7 +94,7 @@ def split_groups(episodes: list[Episode], world_size: int) -> list[list[int]]:
     for i, ep in enumerate(episodes):
         key = ep.group_id or f"#{i}"
         members.setdefault(key, []).append(i)
-        tokens[key] = tokens.get(key, 0) + sum(sum(s.loss_mask or [1] * len(s.response_ids or [])) for s in ep.steps)
+        tokens[key] = tokens.get(key, 0) + sum(sum(t.loss_mask) for t in ep.transcripts)
     if len(members) < world_size:
         raise ValueError(f"{len(members)} groups cannot feed {world_size} ranks: give every rank at least one group")
     shards: list[list[int]] = [[] for _ in range(world_size)]
@@ -116,9 +116,9 @@ class FSDPLearner:
             raise RuntimeError("FSDPLearner needs torch.distributed initialised (torchrun or mp.spawn)")
         unsupported = [
             name for name, bad in (
-                ("empg", config.empg is not None), ("epo", config.epo is not None), ("kl_coef", config.kl_coef > 0),
-                ("policy_loss", config.policy_loss != "clip"), ("mini_batches", config.mini_batches != 1),
-                ("lora", config.lora is not None),
+                ("shaping other than duration", any(n != "duration" for n in config.shaping)),
+                ("terms", bool(config.terms)), ("policy_loss", config.policy_loss != "clip"),
+                ("mini_batches", config.mini_batches != 1), ("lora", config.lora is not None),
             ) if bad
         ]  # fmt: skip
         if unsupported:
@@ -144,12 +144,12 @@ class FSDPLearner:
     def _shard_scale(self, episodes: list[Episode], mine: list[int]) -> float:
         """``c_r``: this rank's gradient multiplier (see the module docstring)."""
         cfg = self.learner.config
-        full, part = build_rows(episodes), build_rows([episodes[i] for i in mine])
+        full, part = build_batch(episodes), build_batch([episodes[i] for i in mine])
         if cfg.agg == "token-mean":
-            scale = self.world_size * sum(part.row_tokens()) / sum(full.row_tokens())
+            scale = self.world_size * sum(part.step_tokens()) / sum(full.step_tokens())
         else:
-            scale = self.world_size * sum(t > 0 for t in part.row_tokens()) / sum(t > 0 for t in full.row_tokens())
-        if cfg.duration_weighting:  # exact when every turn's duration was measured (> 0)
+            scale = self.world_size * sum(t > 0 for t in part.step_tokens()) / sum(t > 0 for t in full.step_tokens())
+        if "duration" in cfg.shaping:  # exact when every turn's duration was measured (> 0)
             scale *= _mean_positive(part.env_seconds) / _mean_positive(full.env_seconds)
         return scale
 

@@ -253,6 +253,6 @@ class EnvService:
 
 
 def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
-    from agentrl.evaluation import _jsonable as convert
+    from agentrl.trajectory import jsonable
 
-    return convert(info)
+    return jsonable(info)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentrl.policies.base import Completion, Policy, PolicyError, SamplingParams
+from agentrl.policies.base import Capabilities, Completion, Policy, PolicyError, SamplingParams
 
-__all__ = ["Completion", "HFPolicy", "OpenAIPolicy", "Policy", "PolicyError", "SamplingParams", "VLLMPolicy", "load_policy"]
+__all__ = ["Capabilities", "Completion", "HFPolicy", "OpenAIPolicy", "Policy", "PolicyError", "SamplingParams", "VLLMPolicy", "load_policy"]
 
 
 def __getattr__(name: str) -> Any:

@@ -5,10 +5,13 @@ Every inference backend (transformers, vLLM, an OpenAI-compatible server) implem
 owns tokenisation so that the ids a learner trains on are exactly the ids the policy saw and
 sampled (see DESIGN.md, "Tokens in, tokens out").
 
-Log-probabilities and entropies are those of the *temperature-scaled* next-token distribution,
-``softmax(logits / temperature)``, before top-p/top-k truncation (for ``temperature == 0`` they are
-those of ``softmax(logits)``). That is the distribution a learner recomputes with the same
-temperature, so importance ratios start at exactly 1 for on-policy data.
+Log-probabilities and entropies are those of the distribution each token was drawn from: the
+temperature-scaled ``softmax(logits / temperature)``, restricted to the allowed tokens and
+renormalised under constrained decoding, truncated and renormalised under top-k / top-p (for
+``temperature == 0`` they are those of ``softmax(logits)``). The settings are recorded with the
+tokens (:func:`sampling_settings`), so a learner recomputes that very distribution and importance
+ratios start at exactly 1 for on-policy data (DESIGN.md, "The learner trains the distribution that
+acted").
 """
 
 from __future__ import annotations
@@ -51,6 +54,11 @@ class SamplingParams:
         object.__setattr__(self, "stop", tuple(self.stop))
 
 
+def sampling_settings(sampling: SamplingParams) -> dict[str, float | int]:
+    """The settings that define the distribution a token is drawn from (recorded with the tokens)."""
+    return {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k}
+
+
 @dataclass
 class Completion:
     """One sampled continuation of one prompt.
@@ -59,6 +67,8 @@ class Completion:
     of a stop string); ``logprobs[i]`` is the behaviour log-probability of ``token_ids[i]``.
     ``loss_mask[i]`` is 0 where constrained decoding left only one possible token (the constrained
     policy had no choice there, so the token carries no policy gradient), else 1; ``None`` = all 1.
+    ``allowed[i]`` is the set of token ids constrained decoding allowed at token ``i`` (``None`` where
+    decoding was free; the whole field is ``None`` without constraints).
     ``text`` is the decoded completion when the backend has it (a chat endpoint that returns no ids
     has only ``text``, and ``token_ids`` is then ``None``: such completions are for evaluation only).
     ``top_logprobs[i]`` (with ``SamplingParams.top_logprobs``) lists ``(token_id, logprob)`` of the most
@@ -77,6 +87,7 @@ class Completion:
     text: str | None = None
     meta: dict = field(default_factory=dict)
     loss_mask: list[int] | None = None
+    allowed: list[list[int] | None] | None = None
     top_logprobs: list[list[tuple[int, float]]] | None = None
 
     @property
@@ -84,12 +95,29 @@ class Completion:
         return len(self.token_ids) if self.token_ids is not None else 0
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a policy can do, declared once by the backend (callers read it instead of probing)."""
+
+    token_ids: bool = True  # completions carry the sampled ids (False: a text-only chat endpoint)
+    entropies: bool = False  # SamplingParams.return_entropies is honoured
+    constrained: bool = False  # generate(..., choices=...) restricts decoding to given completions
+    chat_input: bool = False  # takes chat messages (generate_messages) instead of token ids
+    weight_updates: bool = False  # load_published(path, version) makes it run a learner's published version
+
+
 @runtime_checkable
 class Policy(Protocol):
-    """An inference backend. ``version`` counts weight updates (recorded on every rollout step)."""
+    """An inference backend. ``version`` counts weight updates (recorded on every rollout step).
+
+    ``capabilities`` says which optional calls and fields it supports; ``max_context`` (tokens, or
+    ``None`` when unknown) bounds prompt + new tokens.
+    """
 
     name: str
     version: int
+    capabilities: Capabilities
+    max_context: int | None
 
     def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Completion]:
         """One completion per prompt, in order. Never re-tokenises: ``token_ids`` are what was sampled."""

@@ -19,9 +19,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from agentrl.agents.llm import DEFAULT_FORMAT, AgentEpisode, Layout, LLMAgent, PromptFormat
-from agentrl.policies.base import Policy, SamplingParams
+from agentrl.policies.base import Policy, SamplingParams, sampling_settings
 from agentrl.retroformer import prompts
-from agentrl.trajectory import Episode, Step
+from agentrl.trajectory import Episode, Step, Transcript
 
 REFLECTION_ENV_SUFFIX = "#reflection"
 
@@ -56,16 +56,11 @@ class ReflexionAgent(LLMAgent):
             return []
         return list(self.memory.get(task_id, ()))[-self.memory_size :]
 
-    def start(self, obs: str, info: dict[str, Any]) -> AgentEpisode:
-        episode = super().start(obs, info)
+    def start(self, obs: str, info: dict[str, Any], *, preamble: str | None = None) -> AgentEpisode:
         reflections = self.reflections_for(str(info.get("task_id", "")))
+        block = "\n\n".join(p for p in (prompts.memory_block(reflections), preamble) if p)
+        episode = super().start(obs, info, preamble=block or None)
         episode.meta["reflections"] = reflections
-        block = prompts.memory_block(reflections)
-        if block:
-            episode.turns[0].user = f"{block}\n\n{episode.turns[0].user}"
-            if episode.layout == "concat":
-                episode.prompt_text = self._render(episode.turns)
-                episode.prompt_ids = self._encode(episode.prompt_text)
         return episode
 
     def messages(self, episode: AgentEpisode) -> list[dict[str, str]]:
@@ -145,12 +140,12 @@ class Reflector:
                 terminated=True,
                 info={"finish_reason": completion.finish_reason, "usable": problem is None},
                 generation_seconds=seconds,
-                prompt_ids=ids,
-                response_ids=list(completion.token_ids),
-                loss_mask=[1] * len(completion.token_ids),
-                logprobs=list(completion.logprobs) if completion.logprobs is not None else None,
-                entropies=list(completion.entropies) if completion.entropies is not None else None,
                 policy_version=version,
+            )
+            transcript = Transcript(sampling=sampling_settings(self.sampling))
+            transcript.append_prompt(ids, 0)
+            transcript.append_sampled(
+                completion.token_ids, 0, logprobs=completion.logprobs, entropies=completion.entropies, version=version
             )
             out.append(
                 Episode(
@@ -163,6 +158,7 @@ class Reflector:
                     instruction=trial.instruction,
                     first_observation=summary,
                     steps=[step],
+                    transcripts=[transcript],
                     finished_at=time.time(),
                     meta={
                         "kind": "reflection",

@@ -103,8 +103,8 @@ def run_trials(
 ) -> TrialReport:
     """Play up to ``trials`` trials of every task with reflections in between (see the module docstring).
 
-    ``collector`` is a :class:`~agentrl.rollout.collector.Collector` built with ``agent`` (a
-    :class:`ReflexionAgent`); the loop sets ``agent.memory`` for the tasks. Every trial of a task uses
+    ``collector`` is a :class:`~agentrl.rollout.collector.Collector` whose
+    :class:`~agentrl.rollout.actors.ModelActor` has ``agent`` (a :class:`ReflexionAgent`); the loop sets ``agent.memory`` for the tasks. Every trial of a task uses
     the same env seed, so trials differ only by the actor's sampling and its memory. With ``store``
     given, trial episodes go to run ``trial_run`` and reflection episodes to ``reflection_run``.
     """
@@ -112,8 +112,8 @@ def run_trials(
         raise ValueError(f"trials must be >= 1, got {trials}")
     if len(set(tasks)) != len(tasks):
         raise ValueError("tasks must be distinct: each task is one chain of trials")
-    if collector.agent is not agent:
-        raise ValueError("the collector must be built with the same ReflexionAgent")
+    if getattr(collector.actor, "agent", None) is not agent:
+        raise ValueError("the collector's ModelActor must be built with the same ReflexionAgent")
     started = time.perf_counter()
     memory: dict[str, list[str]] = {task: [] for task in tasks}
     agent.memory = memory

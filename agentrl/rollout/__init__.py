@@ -1,6 +1,6 @@
-"""Rollout: run many episodes at once with a policy and record exact token ids."""
+"""Rollout: play episodes with an actor (a model or a script) and record every turn's exact tokens."""
 
+from agentrl.rollout.actors import Actor, Decision, Live, ModelActor, ScriptedActor
 from agentrl.rollout.collector import Collector
-from agentrl.rollout.layouts import LayoutError, TrainingRow, concat_sequence, per_step_rows, training_rows
 
-__all__ = ["Collector", "LayoutError", "TrainingRow", "concat_sequence", "per_step_rows", "training_rows"]
+__all__ = ["Actor", "Collector", "Decision", "Live", "ModelActor", "ScriptedActor"]

@@ -7,15 +7,14 @@ a ``frombuffer`` instead of a parse. The format is documented here because it is
     byte 0      header: an ASCII ``array`` type code, with bit 7 set for a *prefix-delta* blob
     bytes 1..   the values, little-endian, of that type
 
-Integer codes are ``B`` (uint8), ``H`` (uint16), ``i`` (int32), ``q`` (int64); float codes are ``f``
-(float32) and ``d`` (float64). The encoder picks the smallest type that holds every value *exactly*
+Integer codes are ``B`` (uint8), ``b`` (int8), ``H`` (uint16), ``h`` (int16), ``i`` (int32), ``q``
+(int64); float codes are ``f`` (float32) and ``d`` (float64). The encoder picks the smallest type that holds every value *exactly*
 (a logprob list that came from a float32 tensor is stored as float32; any other float list as
 float64), so decoding always gives back the very same Python values. ``None`` is stored as SQL NULL
 and an empty list as a bare header byte.
 
-A prefix-delta blob (prompt ids only) holds just the ids that follow the previous turn's
-``prompt_ids + response_ids``: in the concat layout each turn's prompt extends the previous turn's
-context, so storing it whole would grow quadratically with the number of turns.
+A prefix-delta blob (the per-turn prompts of schema 0001-0002, read by the 0003 migration) holds
+just the ids that follow the previous turn's ``prompt_ids + response_ids``.
 """
 
 from __future__ import annotations
@@ -30,10 +29,10 @@ from typing import Any
 import numpy as np
 
 DELTA_FLAG = 0x80
-_INT_CODES = ("B", "H", "i", "q")
+_INT_CODES = ("B", "b", "H", "h", "i", "q")
 _FLOAT_CODES = ("f", "d")
-_ITEMSIZE = {"B": 1, "H": 2, "i": 4, "q": 8, "f": 4, "d": 8}
-NUMPY_DTYPES = {"B": "<u1", "H": "<u2", "i": "<i4", "q": "<i8", "f": "<f4", "d": "<f8"}
+_ITEMSIZE = {"B": 1, "b": 1, "H": 2, "h": 2, "i": 4, "q": 8, "f": 4, "d": 8}
+NUMPY_DTYPES = {"B": "<u1", "b": "<i1", "H": "<u2", "h": "<i2", "i": "<i4", "q": "<i8", "f": "<f4", "d": "<f8"}
 _BIG_ENDIAN = sys.byteorder == "big"
 
 for _code, _size in _ITEMSIZE.items():  # the format relies on these sizes; fail loudly on an odd platform

@@ -306,7 +306,8 @@ def _create_schema(engine: Engine, url: URL) -> None:
 
 
 def upgrade_schema(url: str, revision: str = "head", *, create: bool = False) -> tuple[str | None, str]:
-    """Migrate the store at ``url`` to ``revision`` (default: this agentrl's head) with Alembic.
+    """Migrate the store at ``url`` to ``revision`` (default: this agentrl's head; an older revision
+    migrates down) with Alembic.
 
     Returns ``(old_revision, new_revision)``. Runs in one transaction: an upgrade that fails leaves
     the old schema and its data as they were. ``create=True`` also builds an empty database from the
@@ -328,7 +329,7 @@ def upgrade_schema(url: str, revision: str = "head", *, create: bool = False) ->
                 check_revision(parsed, old)  # raises: newer than we know
             if old is None and parsed.get_backend_name() == "sqlite" and sqlite_path(parsed) is not None:
                 _set_wal(engine)
-            run_upgrade(conn, revision)
+            run_upgrade(conn, revision, current=old)
             new, _ = read_revision(conn)
             conn.commit()
         return old, new or ""

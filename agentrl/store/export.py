@@ -1,14 +1,22 @@
-"""Views of stored episodes for training and sharing: tensor batches, Arrow/Parquet, JSONL, HF datasets.
+"""Views of stored episodes for sharing and training: Arrow/Parquet, JSONL, HF datasets.
 
-Two table shapes:
+Every view is read off the episodes as stored (their steps and transcripts); nothing is rebuilt,
+and no view trains on the parsed action. Four table shapes (``level``):
 
-* ``level="step"``: one row per agent turn, the episode's columns repeated on each row, token
-  arrays as Arrow lists. This is the learner's per-step layout and what ``iter_batches`` stacks.
-* ``level="episode"``: one row per episode with its steps as lists and a chat ``messages`` column
-  (the observation as ``user``, the action as ``assistant``, one pair per turn) that SFT trainers
-  such as TRL's read directly.
+* ``"step"``: one row per agent turn (its text side: observation, parsed action, reward, info),
+  the episode's columns repeated; for analysis;
+* ``"episode"``: one row per episode with its steps as lists; for analysis;
+* ``"transcript"``: one row per token transcript, exactly as the policy read and sampled it:
+  ``input_ids``, ``attention_mask``, ``labels`` (the id where the learner trains, -100 elsewhere),
+  per-token ``turns``, ``sampled``, ``loss_mask``, ``logprobs``, ``entropies``, ``versions``, the
+  episode's per-turn ``rewards`` and the ``sampling`` settings: the token-level training view, which
+  Hugging Face trainers (``Trainer``, TRL's ``SFTTrainer``) consume as it is;
+* ``"sft"``: one row per sampled turn in chat format (``prompt`` as the template rendered it,
+  ``completion`` as sampled, ``messages``), decoded with the tokenizer (:mod:`agentrl.store.chat`).
 
-torch, pyarrow and datasets are imported only by the functions that need them.
+:func:`export_jsonl` without a level writes whole episodes, every field, which
+:func:`episode_from_dict` reads back. pyarrow and datasets are imported only by the functions that
+need them.
 """
 
 from __future__ import annotations
@@ -18,14 +26,14 @@ import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from agentrl.trajectory import Episode, Step
+from agentrl.trajectory import Episode, Step, Transcript
 
 if TYPE_CHECKING:
     from agentrl.store.store import Store
 
-LEVELS = ("step", "episode")
+LEVELS = ("step", "episode", "transcript", "sft")
+#: ``labels`` value of a token the learner does not train on (the ignore index of PyTorch's cross-entropy).
+IGNORE_INDEX = -100
 
 
 def episode_to_dict(episode: Episode) -> dict[str, Any]:
@@ -36,20 +44,14 @@ def episode_to_dict(episode: Episode) -> dict[str, Any]:
 def episode_from_dict(data: dict[str, Any]) -> Episode:
     fields = dict(data)
     fields["steps"] = [Step(**step) for step in fields.get("steps", [])]
+    fields["transcripts"] = [
+        Transcript(**{**t, "extras": {k: {int(p): v for p, v in values.items()} for k, values in t.get("extras", {}).items()}})
+        for t in fields.get("transcripts", [])
+    ]
     return Episode(**fields)
 
 
-def export_jsonl(store: Store, path: str, run_id: int | None = None, **filters: Any) -> int:
-    """Write one episode per line with every field; returns the number of episodes."""
-    count = 0
-    with open(path, "w", encoding="utf-8") as f:
-        for episode in store.iter_episodes(run_id, **filters):
-            f.write(json.dumps(episode_to_dict(episode), ensure_ascii=True) + "\n")
-            count += 1
-    return count
-
-
-def _step_record(episode_id: int, episode: Episode, turn: int, step: Step) -> dict[str, Any]:
+def _episode_columns(episode_id: int, episode: Episode) -> dict[str, Any]:
     return {
         "episode_id": episode_id,
         "env_id": episode.env_id,
@@ -58,6 +60,12 @@ def _step_record(episode_id: int, episode: Episode, turn: int, step: Step) -> di
         "seed": episode.seed,
         "group_id": episode.group_id,
         "agent": episode.agent,
+    }
+
+
+def _step_record(episode_id: int, episode: Episode, turn: int, step: Step) -> dict[str, Any]:
+    return {
+        **_episode_columns(episode_id, episode),
         "won": episode.won,
         "progress": episode.progress,
         "episode_return": episode.episode_return,
@@ -70,28 +78,34 @@ def _step_record(episode_id: int, episode: Episode, turn: int, step: Step) -> di
         "env_seconds": step.env_seconds,
         "generation_seconds": step.generation_seconds,
         "info": json.dumps(step.info, ensure_ascii=True),
-        "prompt_ids": step.prompt_ids,
-        "response_ids": step.response_ids,
-        "loss_mask": step.loss_mask,
-        "logprobs": step.logprobs,
-        "entropies": step.entropies,
         "policy_version": step.policy_version,
     }
 
 
-def _episode_record(episode_id: int, episode: Episode) -> dict[str, Any]:
-    messages = []
-    for step in episode.steps:
-        messages.append({"role": "user", "content": step.observation})
-        messages.append({"role": "assistant", "content": step.action})
+def _transcript_record(episode_id: int, episode: Episode, position: int, t: Transcript) -> dict[str, Any]:
     return {
-        "episode_id": episode_id,
-        "env_id": episode.env_id,
-        "task_id": episode.task_id,
-        "split": episode.split,
-        "seed": episode.seed,
-        "group_id": episode.group_id,
-        "agent": episode.agent,
+        **_episode_columns(episode_id, episode),
+        "won": episode.won,
+        "episode_return": episode.episode_return,
+        "position": position,
+        "input_ids": t.ids,
+        "attention_mask": [1] * len(t.ids),
+        "labels": [i if trained else IGNORE_INDEX for i, trained in zip(t.ids, t.loss_mask, strict=True)],
+        "turns": t.turns,
+        "sampled": t.sampled,
+        "loss_mask": t.loss_mask,
+        "logprobs": t.logprobs,
+        "entropies": t.entropies,
+        "versions": t.versions,
+        "rewards": [s.reward for s in episode.steps],
+        "sampling": json.dumps(t.sampling),
+        "extras": json.dumps({name: {str(p): v for p, v in values.items()} for name, values in t.extras.items()}),
+    }
+
+
+def _episode_record(episode_id: int, episode: Episode) -> dict[str, Any]:
+    return {
+        **_episode_columns(episode_id, episode),
         "policy_version": episode.policy_version,
         "instruction": episode.instruction,
         "won": episode.won,
@@ -101,17 +115,17 @@ def _episode_record(episode_id: int, episode: Episode) -> dict[str, Any]:
         "error": episode.error,
         "started_at": episode.started_at,
         "finished_at": episode.finished_at,
-        "messages": messages,
         "observations": [s.observation for s in episode.steps],
         "actions": [s.action for s in episode.steps],
         "rewards": [s.reward for s in episode.steps],
     }
 
 
-def _schema(level: str) -> Any:
+def schema(level: str) -> Any:
+    """The ``pyarrow.Schema`` of a level's table (the same for Parquet, JSONL rows and HF datasets)."""
     import pyarrow as pa
 
-    ints, floats = pa.list_(pa.int64()), pa.list_(pa.float64())
+    ints, floats, bits = pa.list_(pa.int64()), pa.list_(pa.float64()), pa.list_(pa.int8())
     common = [
         ("episode_id", pa.int64()),
         ("env_id", pa.string()),
@@ -127,141 +141,116 @@ def _schema(level: str) -> Any:
             ("turn", pa.int32()), ("observation", pa.string()), ("action", pa.string()),
             ("reward", pa.float64()), ("terminated", pa.bool_()), ("truncated", pa.bool_()),
             ("env_seconds", pa.float64()), ("generation_seconds", pa.float64()), ("info", pa.string()),
-            ("prompt_ids", ints), ("response_ids", ints), ("loss_mask", pa.list_(pa.int8())),
-            ("logprobs", floats), ("entropies", floats), ("policy_version", pa.int64()),
+            ("policy_version", pa.int64()),
         ]  # fmt: skip
-    else:
+    elif level == "transcript":
+        rest = [
+            ("won", pa.bool_()), ("episode_return", pa.float64()), ("position", pa.int32()),
+            ("input_ids", ints), ("attention_mask", bits), ("labels", ints), ("turns", pa.list_(pa.int32())),
+            ("sampled", bits), ("loss_mask", bits), ("logprobs", floats), ("entropies", floats),
+            ("versions", ints), ("rewards", floats), ("sampling", pa.string()), ("extras", pa.string()),
+        ]  # fmt: skip
+    elif level == "sft":
         message = pa.struct([("role", pa.string()), ("content", pa.string())])
+        rest = [
+            ("won", pa.bool_()), ("episode_return", pa.float64()), ("turn", pa.int32()), ("position", pa.int32()),
+            ("policy_version", pa.int64()), ("reward", pa.float64()), ("invalid_action", pa.bool_()),
+            ("finish_reason", pa.string()), ("prompt", pa.string()), ("completion", pa.string()),
+            ("ends_turn", pa.bool_()), ("messages", pa.list_(message)), ("prompt_ids", ints),
+            ("completion_ids", ints), ("retokenizes", pa.bool_()),
+        ]  # fmt: skip
+    elif level == "episode":
         rest = [
             ("policy_version", pa.int64()), ("instruction", pa.string()), ("won", pa.bool_()),
             ("progress", pa.float64()), ("episode_return", pa.float64()), ("turns", pa.int32()),
             ("error", pa.string()), ("started_at", pa.float64()), ("finished_at", pa.float64()),
-            ("messages", pa.list_(message)), ("observations", pa.list_(pa.string())),
-            ("actions", pa.list_(pa.string())), ("rewards", floats),
+            ("observations", pa.list_(pa.string())), ("actions", pa.list_(pa.string())), ("rewards", floats),
         ]  # fmt: skip
+    else:
+        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
     return pa.schema(common + rest)
 
 
-def to_arrow(store: Store, run_id: int | None = None, *, level: str = "step", **filters: Any) -> Any:
-    """A ``pyarrow.Table`` of the selected episodes at ``level`` ``"step"`` or ``"episode"``."""
-    import pyarrow as pa
-
+def iter_records(
+    store: Store, run_id: int | None = None, *, level: str = "step", tokenizer: Any = None, **filters: Any
+) -> Iterator[dict[str, Any]]:
+    """The rows of a level's table as dicts, streamed episode by episode (``filters`` select episodes
+    as in :meth:`Store.iter_episodes`). ``level="sft"`` decodes with ``tokenizer`` (the policy's)."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
-    records = []
+    if level == "sft" and tokenizer is None:
+        raise ValueError("the sft level decodes token ids: pass the tokenizer the policy used")
+    if level == "sft":
+        from agentrl.store.chat import sft_rows
     for episode_id, episode in store.iter_episodes(run_id, with_ids=True, **filters):
         if level == "episode":
-            records.append(_episode_record(episode_id, episode))
+            yield _episode_record(episode_id, episode)
+        elif level == "transcript":
+            yield from (_transcript_record(episode_id, episode, k, t) for k, t in enumerate(episode.transcripts))
+        elif level == "sft":
+            yield from sft_rows(episode_id, episode, tokenizer)
         else:
-            records.extend(_step_record(episode_id, episode, turn, step) for turn, step in enumerate(episode.steps))
-    return pa.Table.from_pylist(records, schema=_schema(level))
+            yield from (_step_record(episode_id, episode, turn, step) for turn, step in enumerate(episode.steps))
 
 
-def export_parquet(store: Store, path: str, run_id: int | None = None, *, level: str = "step", **filters: Any) -> int:
-    """Write the :func:`to_arrow` table to a Parquet file; returns its number of rows."""
+def to_arrow(store: Store, run_id: int | None = None, *, level: str = "step", tokenizer: Any = None, **filters: Any) -> Any:
+    """A ``pyarrow.Table`` of the selected episodes at ``level`` (see the module docstring)."""
+    import pyarrow as pa
+
+    return pa.Table.from_pylist(list(iter_records(store, run_id, level=level, tokenizer=tokenizer, **filters)), schema=schema(level))
+
+
+def export_parquet(
+    store: Store, path: str, run_id: int | None = None, *, level: str = "step", tokenizer: Any = None,
+    rows_per_group: int = 1024, **filters: Any,
+) -> int:  # fmt: skip
+    """Write a level's table to a Parquet file, ``rows_per_group`` rows at a time (a run larger than
+    memory exports too); returns its number of rows. ``datasets.load_dataset("parquet", data_files=path)``
+    reads it back with the same columns."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = to_arrow(store, run_id, level=level, **filters)
-    pq.write_table(table, path)
-    return table.num_rows
+    table_schema = schema(level)
+    count = 0
+    with pq.ParquetWriter(path, table_schema) as writer:
+        rows: list[dict[str, Any]] = []
+        for row in iter_records(store, run_id, level=level, tokenizer=tokenizer, **filters):
+            rows.append(row)
+            if len(rows) == rows_per_group:
+                writer.write_table(pa.Table.from_pylist(rows, schema=table_schema))
+                count, rows = count + len(rows), []
+        if rows:
+            writer.write_table(pa.Table.from_pylist(rows, schema=table_schema))
+            count += len(rows)
+    return count  # an empty selection leaves a file with the columns and no rows (pyarrow reads it; datasets refuses)
 
 
-def to_hf_dataset(store: Store, run_id: int | None = None, *, level: str = "episode", **filters: Any) -> Any:
-    """A Hugging Face ``datasets.Dataset`` of the :func:`to_arrow` table.
+def export_jsonl(
+    store: Store, path: str, run_id: int | None = None, *, level: str | None = None, tokenizer: Any = None, **filters: Any
+) -> int:
+    """Write one JSON object per line; returns the number of lines.
 
-    SFT data from successful expert episodes: ``to_hf_dataset(store, run, won=True, agent="expert")``.
+    Without ``level``: whole episodes, every field (:func:`episode_from_dict` reads them back). With a
+    level: that table's rows (``datasets.load_dataset("json", data_files=path)`` reads them).
+    """
+    count = 0
+    with open(path, "w", encoding="utf-8") as f:
+        if level is None:
+            rows: Iterator[dict[str, Any]] = (episode_to_dict(ep) for ep in store.iter_episodes(run_id, **filters))
+        else:
+            rows = iter_records(store, run_id, level=level, tokenizer=tokenizer, **filters)
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=True) + "\n")
+            count += 1
+    return count
+
+
+def to_hf_dataset(store: Store, run_id: int | None = None, *, level: str = "episode", tokenizer: Any = None, **filters: Any) -> Any:
+    """A Hugging Face ``datasets.Dataset`` of the :func:`to_arrow` table (``save_to_disk`` it to share).
+
+    SFT data from successful expert episodes: ``to_hf_dataset(store, run, level="sft", tokenizer=tok,
+    won=True, agent="expert")``; exact token data: ``level="transcript"``.
     """
     import datasets
 
-    return datasets.Dataset(to_arrow(store, run_id, level=level, **filters))
-
-
-def iter_step_batches(
-    store: Store,
-    run_id: int | None = None,
-    *,
-    episodes_per_batch: int = 64,
-    pad_id: int = 0,
-    **filters: Any,
-) -> Iterator[dict[str, Any]]:
-    """Per-step training batches: all turns of ``episodes_per_batch`` episodes, stacked and padded.
-
-    Row ``r`` is one turn; its tokens are ``prompt_ids + response_ids``, right-padded with
-    ``pad_id`` to the longest row ``L`` of the batch. Tensors (``S`` rows):
-
-    * ``input_ids`` [S, L] long, ``attention_mask`` [S, L] long (1 on real tokens)
-    * ``response_mask`` [S, L] float: the turn's ``loss_mask`` at its response positions (all ones
-      when the turn has no loss mask), 0 on prompt and padding
-    * ``logprobs``, ``entropies`` [S, L] float32: behaviour values at the response positions
-      (the value of response token ``j`` sits at the position of that token), 0 elsewhere
-    * ``prompt_lengths``, ``response_lengths``, ``turn``, ``traj_id`` (store episode id),
-      ``group_index`` (into ``group_ids``), ``policy_version`` (-1 when unknown) [S] long
-    * ``rewards``, ``returns`` (episode return), ``won``, ``env_seconds``, ``generation_seconds`` [S] float32
-
-    plus ``group_ids``: the group id strings. A turn without token ids cannot be trained on and
-    raises ``ValueError`` (select model episodes, e.g. by ``agent``).
-    """
-    import torch
-
-    for chunk in store.iter_episode_chunks(run_id, batch_size=episodes_per_batch, **filters):
-        rows: list[tuple[int, Episode, int, Step]] = []
-        for episode_id, episode in chunk:
-            for turn, step in enumerate(episode.steps):
-                if step.prompt_ids is None or step.response_ids is None:
-                    raise ValueError(f"episode {episode_id} turn {turn} has no token ids; it cannot go in a tensor batch")
-                rows.append((episode_id, episode, turn, step))
-        if not rows:
-            continue
-        length = max(len(s.prompt_ids) + len(s.response_ids) for *_, s in rows)  # type: ignore[arg-type]
-        count = len(rows)
-        # Filled as numpy arrays (cheap row slices from lists), handed to torch without a copy.
-        input_ids = np.full((count, length), pad_id, dtype=np.int64)
-        attention_mask = np.zeros((count, length), dtype=np.int64)
-        response_mask = np.zeros((count, length), dtype=np.float32)
-        logprobs = np.zeros((count, length), dtype=np.float32)
-        entropies = np.zeros((count, length), dtype=np.float32)
-        group_ids: list[str] = []
-        group_index: dict[str, int] = {}
-        scalars: dict[str, list[Any]] = {key: [] for key in (
-            "prompt_lengths", "response_lengths", "turn", "traj_id", "group_index", "policy_version",
-            "rewards", "returns", "won", "env_seconds", "generation_seconds",
-        )}  # fmt: skip
-        for r, (episode_id, episode, turn, step) in enumerate(rows):
-            prompt, response = step.prompt_ids, step.response_ids
-            p, n = len(prompt), len(response)  # type: ignore[arg-type]
-            input_ids[r, :p] = prompt
-            input_ids[r, p : p + n] = response
-            attention_mask[r, : p + n] = 1
-            mask = step.loss_mask if step.loss_mask is not None else [1] * n
-            if len(mask) != n:
-                raise ValueError(f"episode {episode_id} turn {turn}: loss_mask has {len(mask)} values for {n} response ids")
-            response_mask[r, p : p + n] = mask
-            for target, values, name in ((logprobs, step.logprobs, "logprobs"), (entropies, step.entropies, "entropies")):
-                if values is not None:
-                    if len(values) != n:
-                        raise ValueError(f"episode {episode_id} turn {turn}: {len(values)} {name} for {n} response ids")
-                    target[r, p : p + n] = values
-            group = episode.group_id if episode.group_id is not None else f"episode-{episode_id}"  # a group of one
-            if group not in group_index:
-                group_index[group] = len(group_ids)
-                group_ids.append(group)
-            version = step.policy_version if step.policy_version is not None else episode.policy_version
-            for key, value in (
-                ("prompt_lengths", p), ("response_lengths", n), ("turn", turn), ("traj_id", episode_id),
-                ("group_index", group_index[group]), ("policy_version", -1 if version is None else version),
-                ("rewards", step.reward), ("returns", episode.episode_return), ("won", float(episode.won)),
-                ("env_seconds", step.env_seconds), ("generation_seconds", step.generation_seconds),
-            ):  # fmt: skip
-                scalars[key].append(value)
-        batch: dict[str, Any] = {
-            "input_ids": torch.from_numpy(input_ids),
-            "attention_mask": torch.from_numpy(attention_mask),
-            "response_mask": torch.from_numpy(response_mask),
-            "logprobs": torch.from_numpy(logprobs),
-            "entropies": torch.from_numpy(entropies),
-            "group_ids": group_ids,
-        }
-        for key, values in scalars.items():
-            dtype = torch.float32 if key in ("rewards", "returns", "won", "env_seconds", "generation_seconds") else torch.long
-            batch[key] = torch.tensor(values, dtype=dtype)
-        yield batch
+    return datasets.Dataset(to_arrow(store, run_id, level=level, tokenizer=tokenizer, **filters))

@@ -37,8 +37,13 @@ def script_revisions() -> list[str]:
     return [script.revision for script in reversed(list(scripts.walk_revisions()))]
 
 
-def run_upgrade(connection: Any, revision: str = "head") -> None:
-    """Upgrade the database behind ``connection`` to ``revision`` in one transaction."""
+def run_upgrade(connection: Any, revision: str = "head", current: str | None = None) -> None:
+    """Move the database behind ``connection`` to ``revision`` in one transaction (down when it is
+    older than ``current``)."""
     from alembic import command
 
-    command.upgrade(alembic_config(connection), revision)
+    order = script_revisions()
+    if current in order and revision in order and order.index(revision) < order.index(current):
+        command.downgrade(alembic_config(connection), revision)
+    else:
+        command.upgrade(alembic_config(connection), revision)

@@ -30,7 +30,7 @@ from sqlalchemy.types import TypeDecorator
 from agentrl.store.codec import escape_text, unescape_text
 
 #: Alembic revisions this version of agentrl knows, oldest first; the last one is the current schema.
-SCHEMA_REVISIONS = ("0001", "0002")
+SCHEMA_REVISIONS = ("0001", "0002", "0003")
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 
 
@@ -103,7 +103,7 @@ class EpisodeRow(Base):
 
 
 class StepRow(Base):
-    """One agent turn; ``(episode_id, turn)`` is the key, turns are numbered 0..turns-1."""
+    """One agent turn (its text side); ``(episode_id, turn)`` is the key, turns are numbered 0..turns-1."""
 
     __tablename__ = "steps"
 
@@ -117,14 +117,34 @@ class StepRow(Base):
     info: Mapped[str | None] = mapped_column(Text)  # JSON
     env_seconds: Mapped[float] = mapped_column(Double)
     generation_seconds: Mapped[float] = mapped_column(Double)
-    prompt_ids: Mapped[bytes | None] = mapped_column(LargeBinary)
-    response_ids: Mapped[bytes | None] = mapped_column(LargeBinary)
-    loss_mask: Mapped[bytes | None] = mapped_column(LargeBinary)
+    policy_version: Mapped[int | None] = mapped_column(Integer)
+
+
+class TranscriptRow(Base):
+    """One token transcript of an episode (added in 0003); ``(episode_id, position)`` is the key.
+
+    Per-token arrays are blobs (:mod:`agentrl.store.codec`). ``ids``, ``turns`` and ``sampled`` hold
+    every token; ``loss_mask``, ``logprobs``, ``entropies`` and ``versions`` hold the *sampled* tokens
+    only (at prompt tokens they are 0, 0.0, 0.0 and -1 by definition), so prompt text costs no float
+    columns. ``extras`` (JSON, positions as keys) and ``sampling`` (JSON) as in the transcript.
+    """
+
+    __tablename__ = "transcripts"
+
+    episode_id: Mapped[int] = mapped_column(ForeignKey("episodes.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ids: Mapped[bytes] = mapped_column(LargeBinary)
+    turns: Mapped[bytes] = mapped_column(LargeBinary)
+    sampled: Mapped[bytes] = mapped_column(LargeBinary)
+    loss_mask: Mapped[bytes] = mapped_column(LargeBinary)
     logprobs: Mapped[bytes | None] = mapped_column(LargeBinary)
     entropies: Mapped[bytes | None] = mapped_column(LargeBinary)
-    policy_version: Mapped[int | None] = mapped_column(Integer)
+    versions: Mapped[bytes] = mapped_column(LargeBinary)
+    extras: Mapped[str | None] = mapped_column(Text)  # JSON
+    sampling: Mapped[str | None] = mapped_column(Text)  # JSON
 
 
 runs_table = Run.__table__
 episodes_table = EpisodeRow.__table__
 steps_table = StepRow.__table__
+transcripts_table = TranscriptRow.__table__

@@ -1,9 +1,10 @@
 """The :class:`Store`: write episodes atomically, read them back exactly, select them for training.
 
-Writes go through SQLAlchemy Core (one ``INSERT`` for the episode row, one ``executemany`` for its
-steps, in one transaction), which is what lets a store keep up with plain JSONL appends; the ORM
-classes in :mod:`agentrl.store.models` define the schema. Everything a write needs (token blobs,
-JSON, checks) is computed before the transaction opens, so a bad episode never leaves half a row.
+Writes go through SQLAlchemy Core (one ``INSERT`` for the episode row, one ``executemany`` each for
+its steps and its transcripts, in one transaction), which is what lets a store keep up with plain
+JSONL appends; the ORM classes in :mod:`agentrl.store.models` define the schema. Everything a write
+needs (token blobs, JSON, checks) is computed before the transaction opens, so a bad episode never
+leaves half a row. Transcripts are stored as they are: storage is linear in the number of turns.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from agentrl.store.engine import (
     sqlite_path,
 )
 from agentrl.store.errors import StoreError
-from agentrl.store.models import episodes_table, runs_table, steps_table
-from agentrl.trajectory import Episode, Step
+from agentrl.store.models import episodes_table, runs_table, steps_table, transcripts_table
+from agentrl.trajectory import Episode, Step, Transcript
 
 DEFAULT_URL = "sqlite:///agentrl.db"
 _PG_WRITE_ORDER_LOCK = 0x61677772  # advisory lock key ordering episode commits on PostgreSQL ("agwr")
@@ -100,8 +101,11 @@ class Store:
         self._positional = bool(dialect.positional)
         self._episode_sql, self._episode_order = _compile_insert(dialect, episodes_table, EPISODE_COLUMNS, "id")
         self._step_sql, step_order = _compile_insert(dialect, steps_table, STEP_COLUMNS)
+        self._transcript_sql, transcript_order = _compile_insert(dialect, transcripts_table, TRANSCRIPT_COLUMNS)
         if self._positional and tuple(step_order) != STEP_COLUMNS:
             raise RuntimeError(f"unexpected parameter order for steps: {step_order}")
+        if self._positional and tuple(transcript_order) != TRANSCRIPT_COLUMNS:
+            raise RuntimeError(f"unexpected parameter order for transcripts: {transcript_order}")
 
     _order_lock_sql = f"SELECT pg_advisory_xact_lock({_PG_WRITE_ORDER_LOCK})"
 
@@ -168,9 +172,11 @@ class Store:
         now = time.time()
         episode_rows = []
         step_rows = []
+        transcript_rows = []
         for index, episode in enumerate(episodes):
             episode_rows.append(_episode_values(run_id, episode, now))
             step_rows.append(_step_values(episode, index))
+            transcript_rows.append(_transcript_values(episode, index))
         if not episode_rows:
             return []
 
@@ -184,13 +190,18 @@ class Store:
                 conn.exec_driver_sql(self._order_lock_sql)
             ids = []
             flat: list[tuple[Any, ...]] = []
-            for values, rows in zip(episode_rows, step_rows, strict=True):
+            flat_transcripts: list[tuple[Any, ...]] = []
+            for values, rows, transcripts in zip(episode_rows, step_rows, transcript_rows, strict=True):
                 episode_id = conn.exec_driver_sql(self._episode_sql, self._episode_params(values)).scalar_one()
                 ids.append(episode_id)
                 flat.extend((episode_id, *row) for row in rows)
-            if flat:
-                params = flat if self._positional else [dict(zip(STEP_COLUMNS, r, strict=True)) for r in flat]
-                conn.exec_driver_sql(self._step_sql, params)
+                flat_transcripts.extend((episode_id, *row) for row in transcripts)
+            for sql, columns, batch in (
+                (self._step_sql, STEP_COLUMNS, flat), (self._transcript_sql, TRANSCRIPT_COLUMNS, flat_transcripts)
+            ):
+                if batch:
+                    params = batch if self._positional else [dict(zip(columns, r, strict=True)) for r in batch]
+                    conn.exec_driver_sql(sql, params)
             return ids
 
         return self._transaction(work)
@@ -315,10 +326,18 @@ class Store:
                     .where(steps_table.c.episode_id.in_(ids))
                     .order_by(steps_table.c.episode_id, steps_table.c.turn)
                 ).all()
+                transcript_rows = conn.execute(
+                    select(transcripts_table)
+                    .where(transcripts_table.c.episode_id.in_(ids))
+                    .order_by(transcripts_table.c.episode_id, transcripts_table.c.position)
+                ).all()
             by_episode: dict[int, list[Any]] = {episode_id: [] for episode_id in ids}
             for row in step_rows:
                 by_episode[row.episode_id].append(row)
-            yield [(row.id, _episode_from_rows(row, by_episode[row.id])) for row in episode_rows]
+            transcripts: dict[int, list[Any]] = {episode_id: [] for episode_id in ids}
+            for row in transcript_rows:
+                transcripts[row.episode_id].append(row)
+            yield [(row.id, _episode_from_rows(row, by_episode[row.id], transcripts[row.id])) for row in episode_rows]
             last_id = ids[-1]
             if remaining is not None:
                 remaining -= len(ids)
@@ -383,39 +402,9 @@ class Store:
         with self.engine.connect() as conn:
             return conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
 
-    # --- training views and exports (see agentrl.store.export) ----------------------------------
-    def iter_batches(self, run_id: int | None = None, **kwargs: Any) -> Iterator[dict[str, Any]]:
-        """Per-step training batches as tensors; see :func:`agentrl.store.export.iter_step_batches`."""
-        from agentrl.store.export import iter_step_batches
-
-        return iter_step_batches(self, run_id, **kwargs)
-
-    def to_arrow(self, run_id: int | None = None, *, level: str = "step", **filters: Any) -> Any:
-        """A ``pyarrow.Table``; see :func:`agentrl.store.export.to_arrow`."""
-        from agentrl.store.export import to_arrow
-
-        return to_arrow(self, run_id, level=level, **filters)
-
-    def export_parquet(self, path: str, run_id: int | None = None, *, level: str = "step", **filters: Any) -> int:
-        """Write a Parquet file; returns the number of rows."""
-        from agentrl.store.export import export_parquet
-
-        return export_parquet(self, path, run_id, level=level, **filters)
-
-    def export_jsonl(self, path: str, run_id: int | None = None, **filters: Any) -> int:
-        """One episode per line, every field (reads back with ``episode_from_dict``); returns the count."""
-        from agentrl.store.export import export_jsonl
-
-        return export_jsonl(self, path, run_id, **filters)
-
-    def to_hf_dataset(self, run_id: int | None = None, *, level: str = "episode", **filters: Any) -> Any:
-        """A Hugging Face ``datasets.Dataset`` (episode level: chat ``messages`` for SFT)."""
-        from agentrl.store.export import to_hf_dataset
-
-        return to_hf_dataset(self, run_id, level=level, **filters)
-
 
 STEP_COLUMNS = tuple(column.name for column in steps_table.columns)
+TRANSCRIPT_COLUMNS = tuple(column.name for column in transcripts_table.columns)
 EPISODE_COLUMNS = tuple(column.name for column in episodes_table.columns if column.name != "id")
 
 
@@ -518,7 +507,6 @@ def _episode_values(run_id: int, episode: Episode, now: float) -> dict[str, Any]
 
 def _step_values(episode: Episode, index: int) -> list[tuple[Any, ...]]:
     rows = []
-    context: list[int] | None = None
     for turn, step in enumerate(episode.steps):
         where = f"episode {index} turn {turn}"
         _check_text(step.observation, f"{where}: observation")
@@ -536,48 +524,83 @@ def _step_values(episode: Episode, index: int) -> list[tuple[Any, ...]]:
                     codec.dump_json(step.info, f"{where}: info"),
                     float(step.env_seconds),
                     float(step.generation_seconds),
-                    codec.encode_prompt(step.prompt_ids, context),
-                    codec.encode_ints(step.response_ids),
-                    codec.encode_ints(step.loss_mask),
-                    codec.encode_floats(step.logprobs),
-                    codec.encode_floats(step.entropies),
                     None if step.policy_version is None else int(step.policy_version),
                 )
             )
         except codec.CodecError as exc:
             raise StoreError(f"{where}: {exc}") from None
-        if step.prompt_ids is not None and step.response_ids is not None:
-            context = list(step.prompt_ids) + list(step.response_ids)
-        else:
-            context = None
     return rows
 
 
-def _episode_from_rows(row: Any, step_rows: Iterable[Any]) -> Episode:
-    steps = []
-    context: list[int] | None = None
-    for s in step_rows:
-        prompt_ids = codec.decode_prompt(s.prompt_ids, context)
-        response_ids = codec.decode(s.response_ids)
-        steps.append(
-            Step(
-                observation=s.observation,
-                action=s.action,
-                reward=s.reward,
-                terminated=bool(s.terminated),
-                truncated=bool(s.truncated),
-                info=codec.load_json(s.info),
-                env_seconds=s.env_seconds,
-                generation_seconds=s.generation_seconds,
-                prompt_ids=prompt_ids,
-                response_ids=response_ids,  # type: ignore[arg-type]
-                loss_mask=codec.decode(s.loss_mask),  # type: ignore[arg-type]
-                logprobs=codec.decode(s.logprobs),  # type: ignore[arg-type]
-                entropies=codec.decode(s.entropies),  # type: ignore[arg-type]
-                policy_version=s.policy_version,
+def _transcript_values(episode: Episode, index: int) -> list[tuple[Any, ...]]:
+    """TRANSCRIPT_COLUMNS rows (episode_id left out): per-token blobs, sampled-only fields kept sparse."""
+    rows = []
+    for position, t in enumerate(episode.transcripts):
+        where = f"episode {index} transcript {position}"
+        try:
+            t.check()
+            picked = [i for i, s in enumerate(t.sampled) if s]
+            rows.append(
+                (
+                    position,
+                    codec.encode_ints(t.ids),
+                    codec.encode_ints(t.turns),
+                    codec.encode_ints(t.sampled),
+                    codec.encode_ints([t.loss_mask[i] for i in picked]),
+                    None if t.logprobs is None else codec.encode_floats([t.logprobs[i] for i in picked]),
+                    None if t.entropies is None else codec.encode_floats([t.entropies[i] for i in picked]),
+                    codec.encode_ints([t.versions[i] for i in picked]),
+                    codec.dump_json({k: {str(p): v for p, v in values.items()} for k, values in t.extras.items()} or None, f"{where}: extras"),
+                    codec.dump_json(t.sampling, f"{where}: sampling"),
+                )
             )
+        except (codec.CodecError, ValueError) as exc:
+            raise StoreError(f"{where}: {exc}") from None
+    return rows
+
+
+def _transcript_from_row(row: Any) -> Transcript:
+    sampled: list[int] = codec.decode(row.sampled)  # type: ignore[assignment]
+    picked = [i for i, s in enumerate(sampled) if s]
+
+    def spread(blob: bytes | None, fill: Any) -> list[Any] | None:
+        values = codec.decode(blob)
+        if values is None:
+            return None
+        out = [fill] * len(sampled)
+        for i, value in zip(picked, values, strict=True):
+            out[i] = value
+        return out
+
+    extras = codec.load_json(row.extras) or {}
+    return Transcript(
+        ids=codec.decode(row.ids),  # type: ignore[arg-type]
+        turns=codec.decode(row.turns),  # type: ignore[arg-type]
+        sampled=sampled,
+        loss_mask=spread(row.loss_mask, 0),  # type: ignore[arg-type]
+        logprobs=spread(row.logprobs, 0.0),
+        entropies=spread(row.entropies, 0.0),
+        versions=spread(row.versions, -1),  # type: ignore[arg-type]
+        extras={k: {int(p): v for p, v in values.items()} for k, values in extras.items()},
+        sampling=codec.load_json(row.sampling),
+    )
+
+
+def _episode_from_rows(row: Any, step_rows: Iterable[Any], transcript_rows: Iterable[Any] = ()) -> Episode:
+    steps = [
+        Step(
+            observation=s.observation,
+            action=s.action,
+            reward=s.reward,
+            terminated=bool(s.terminated),
+            truncated=bool(s.truncated),
+            info=codec.load_json(s.info),
+            env_seconds=s.env_seconds,
+            generation_seconds=s.generation_seconds,
+            policy_version=s.policy_version,
         )
-        context = prompt_ids + response_ids if prompt_ids is not None and response_ids is not None else None  # type: ignore[operator]
+        for s in step_rows
+    ]
     return Episode(
         env_id=row.env_id,
         task_id=row.task_id,
@@ -589,6 +612,7 @@ def _episode_from_rows(row: Any, step_rows: Iterable[Any]) -> Episode:
         instruction=row.instruction,
         first_observation=row.first_observation,
         steps=steps,
+        transcripts=[_transcript_from_row(t) for t in transcript_rows],
         won=bool(row.won),
         progress=row.progress,
         error=row.error,

@@ -1,31 +1,34 @@
-"""The learner: a batch of episodes in, one or more policy updates out.
+"""The learner: a batch of episodes in, one or more policy updates out. It trains the distribution that acted.
 
 One update (:meth:`Learner.update`) does, in order:
 
-1. per-step rows from the episodes (:mod:`agentrl.training.rows`: prompt + sampled response, loss
-   mask on the response, behaviour log-probs);
-2. advantages: GRPO / Dr.GRPO over episode returns grouped by ``group_id``, broadcast to every turn;
-   optionally EMPG modulation with each turn's token-mean entropy; optionally duration weights
-   from ``env_seconds``;
-3. for each optimizer step, the rows packed into sequences (``layout="concat"``: consecutive turns
-   of a trajectory share one sequence while each turn's prompt extends it, so the scores equal the
-   per-step rows' at a fraction of the tokens; ``"per_step"``: one sequence per turn), then
-   micro-batches with gradient accumulation: log-probs and entropies
-   under the current policy (:func:`token_logprobs_entropy`), PPO-clip loss against the behaviour
-   log-probs, optional k3 KL to the frozen initial policy, optional EPO entropy terms; then
-   gradient-norm clipping, AdamW and the warm-up/cosine schedule.
+1. the batch: every episode's transcripts as training sequences, verbatim, and one step per agent
+   turn with sampled ids (:mod:`agentrl.training.batch`), each sequence with the sampling
+   temperature its tokens were drawn at (recorded with the data: there is no learner copy of it);
+2. the proximal policy: the log-probs of the weights at the start of this update, for stale tokens
+   (sampled by an older policy version); for fresh tokens it *is* the behaviour policy;
+3. advantages: the configured estimator plug-in (GRPO, Dr.GRPO, ...) over returns and groups, then
+   each shaper plug-in in order (EMPG, duration weights, ...; :mod:`agentrl.algorithms.registry`);
+4. for each optimizer step, micro-batches of sequences with gradient accumulation: log-probs and
+   entropies under the current policy (:func:`token_logprobs_entropy`; under constrained decoding
+   those of ``q``, the distribution restricted to the allowed ids), the policy-loss plug-in's token
+   loss (PPO-clip, Clip-Cov, KL-Cov), plus each loss-term plug-in (k3 KL to the frozen initial
+   policy, EPO's entropy terms); then gradient-norm clipping, AdamW and the warm-up/cosine schedule.
 
-Off-policy correction: ``old_logp`` are the behaviour log-probs stored when the turn was sampled,
-so ``ratio = pi_theta / pi_behaviour`` is both PPO's ratio and the importance weight for stale
-(asynchronous) data; PPO's clip to ``[1 - eps_low, 1 + eps_high]`` bounds it, so a token whose ratio
-left that range on the advantage's side contributes no gradient. Rows stored without behaviour
-log-probs get the current policy's (computed without gradient before the update: ratio 1 at the
-first step). EMPG uses the stored behaviour entropies, or the current policy's when missing.
+Off-policy correction is decoupled PPO (Hilton et al. 2021, "Batch size-invariance for policy
+optimization"; AReaL): ``ratio = pi_theta / pi_prox`` is clipped to ``[1 - eps_low, 1 + eps_high]``
+around the proximal policy, and each token's loss is multiplied by the behaviour importance weight
+``w = min(pi_prox / pi_behaviour, importance_cap)`` (truncated, no gradient). On fresh data
+``pi_prox`` is the behaviour policy exactly, ``w = 1`` and the loss is plain PPO-clip against the
+stored behaviour log-probs. Steps stored without behaviour log-probs get the current policy's
+(computed without gradient before the update: ratio 1 at the first step). Shapers that need
+entropies use the stored behaviour entropies, or the current policy's when missing.
 
 Loss parts are scaled per micro-batch so that their sum is exactly the full-batch value
-(token-mean: ``tokens_mb / tokens_batch``; seq-mean: ``rows_mb / rows_batch``; EPO: full-batch
-turn weights). Clip-Cov / KL-Cov are the exception: their token covariance is centred and their
-tokens are selected per micro-batch. A non-finite loss or gradient norm skips the optimizer step with a logged warning.
+(token-mean: ``tokens_mb / tokens_batch``; seq-mean: ``steps_mb / steps_batch``; nested means: the
+whole mini-batch's turn weights). Policy losses that select tokens over the whole mini-batch
+(Clip-Cov, KL-Cov) see it once before its micro-batches, so the loss does not depend on how it is
+split. A non-finite loss or gradient norm skips the optimizer step with a logged warning.
 """
 
 from __future__ import annotations
@@ -43,13 +46,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from agentrl.algorithms import covariance, duration, empg, epo, grpo, kl, ppo
+from agentrl.algorithms import epo, ppo, registry
 from agentrl.algorithms._common import row_mean
+from agentrl.algorithms.registry import Plugin, Reduce, Steps, Tokens
+from agentrl.training.batch import StepBatch, build_batch, collate, micro_batches
 from agentrl.training.config import LearnerConfig
 from agentrl.training.logprobs import token_logprobs_entropy
 from agentrl.training.metrics import MetricsLogger
 from agentrl.training.optim import build_optimizer
-from agentrl.training.rows import StepRows, build_rows, collate, collate_packed, micro_batches, pack
 from agentrl.trajectory import Episode
 
 log = logging.getLogger("agentrl.training")
@@ -66,11 +70,33 @@ def _apply_lora(model: nn.Module, lora) -> nn.Module:
     return peft.get_peft_model(model, spec)
 
 
+def build_plugins(config: LearnerConfig) -> dict[str, Any]:
+    """The configured algorithm plug-ins, options checked: ``advantage``, ``shaping``, ``policy_loss``, ``terms``."""
+    options = dict(config.options)
+
+    def build(kind: str, name: str) -> Plugin:
+        return registry.build(kind, name, options.pop(name, None), where=f"learner.options.{name}.")
+
+    plugins = {
+        "advantage": build("advantage", config.advantage),
+        "shaping": [build("shaping", name) for name in config.shaping],
+        "policy_loss": build("policy_loss", config.policy_loss),
+        "terms": [build("term", name) for name in config.terms],
+    }
+    if options:
+        name = next(iter(options))
+        raise registry.AlgorithmConfigError(
+            f"learner.options.{name} is set but {name!r} is not in use (advantage, shaping, policy_loss or terms)"
+        )
+    return plugins
+
+
 class Learner:
     """Trains a Hugging Face causal LM on episodes; ``step`` counts optimizer steps (= policy version).
 
     Build it from the *initial* policy (also when resuming: the KL reference is a frozen copy of the
     model given here, or the base model with adapters off under LoRA), then :meth:`load_checkpoint`.
+    ``reduce`` takes whole-batch statistics across the ranks of a data-parallel learner.
     """
 
     def __init__(
@@ -81,9 +107,19 @@ class Learner:
         pad_token_id: int = 0,
         logger: MetricsLogger | None = None,
         device: torch.device | str | None = None,
+        reduce: Reduce | None = None,
     ) -> None:
         self.config = cfg = config or LearnerConfig()
         cfg.validate()
+        plugins = build_plugins(cfg)
+        self.advantage, self.shapers = plugins["advantage"], plugins["shaping"]
+        self.policy_loss, self.terms = plugins["policy_loss"], plugins["terms"]
+        for term in self.terms:
+            if term.needs_schedule and cfg.total_steps is None:
+                raise registry.AlgorithmConfigError(
+                    f"{term.name} needs the run's length: set learner.total_steps (recipes derive it from their iterations)"
+                )
+        self.reduce = reduce or Reduce()
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         if cfg.lora is not None:
             model = _apply_lora(model, cfg.lora)
@@ -94,7 +130,7 @@ class Learner:
                 model.enable_input_require_grads()
         self.model = model.to(self.device)
         self.reference: nn.Module | None = None
-        if cfg.kl_coef > 0 and cfg.lora is None:
+        if any(term.needs_reference for term in self.terms) and cfg.lora is None:
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = build_optimizer(
@@ -110,8 +146,14 @@ class Learner:
         self.logger = logger
         self.step = 0
         self.skipped_steps = 0
-        self.entropy_history = epo.EntropyHistory()
+        self._warned_past_schedule = False
+        self._proximal: list[list[float]] = []
         self.generator = torch.Generator().manual_seed(cfg.seed)
+
+    def _plugins(self) -> dict[str, Plugin]:
+        """Every plug-in by ``kind:name`` (the checkpoint's keys for their state)."""
+        every = [self.advantage, *self.shapers, self.policy_loss, *self.terms]
+        return {f"{p.kind}:{p.name}": p for p in every}
 
     # ------------------------------------------------------------------ precision and scoring
 
@@ -123,60 +165,88 @@ class Learner:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _score(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _score(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logprob, entropy)`` ``[B, L]`` of the sampled tokens under ``model``, at each sequence's
+        sampling temperature, over the allowed sets where decoding was constrained."""
         with self._autocast():
             return token_logprobs_entropy(
-                model, batch["input_ids"], batch["attention_mask"], batch["targets"], self.config.temperature
-            )
+                model, batch["input_ids"], batch["attention_mask"], batch["targets"], batch["temperature"],
+                allowed=batch["allowed"],
+            )  # fmt: skip
 
     @torch.no_grad()
-    def _reference_logp(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _reference_logp(self, batch: dict[str, Any]) -> torch.Tensor:
         if self.reference is not None:
             return self._score(self.reference, batch)[0]
         with self.model.disable_adapter():  # LoRA: the base model is the reference
             return self._score(self.model, batch)[0]
 
     @torch.no_grad()
-    def _fill_from_current_policy(self, rows: StepRows, logprobs: bool, entropies: bool) -> None:
-        """Give rows without behaviour log-probs / entropies the current policy's values."""
-        todo = [
-            i
-            for i in range(rows.n_rows)
-            if (logprobs and rows.behaviour_logprobs[i] is None)
-            or (entropies and rows.behaviour_entropies[i] is None)
-        ]
-        for mb in micro_batches(rows.row_lengths(), todo, self.config.micro_batch_tokens):
-            batch = collate(rows, mb, self.pad_token_id, self.device)
-            logp, ent = self._score(self.model, batch)
-            for r, i in enumerate(mb):
-                p, n = len(rows.prompt_ids[i]), len(rows.response_ids[i])
-                if rows.behaviour_logprobs[i] is None:
-                    rows.behaviour_logprobs[i] = logp[r, p - 1 : p - 1 + n].tolist()
-                if rows.behaviour_entropies[i] is None:
-                    rows.behaviour_entropies[i] = ent[r, p - 1 : p - 1 + n].tolist()
+    def score_steps(self, batch: StepBatch, steps: set[int]) -> dict[int, tuple[list[float], list[float]]]:
+        """``step -> (logprobs, entropies)`` of its response under the current weights (no gradient)."""
+        seqs = sorted({batch.step_seq[i] for i in steps})
+        steps_of = batch.seq_steps()
+        out: dict[int, tuple[list[float], list[float]]] = {}
+        for mb in micro_batches(batch.seq_lengths(), seqs, self.config.micro_batch_tokens):
+            tensors = collate(batch, mb, self.pad_token_id, self.device, steps_of)
+            logp, ent = self._score(self.model, tensors)
+            seq, pos = tensors["step_seq"], tensors["step_pos"]
+            logp, ent = logp[seq, pos], ent[seq, pos]  # [n, R]
+            for k, i in enumerate(tensors["steps"]):
+                n = len(batch.response_ids[i])
+                out[i] = (logp[k, :n].tolist(), ent[k, :n].tolist())
+        return out
+
+    def _prepare(self, batch: StepBatch) -> dict[str, Any]:
+        """Fill missing behaviour statistics and compute the proximal log-probs (the weights at the start
+        of this update) for stale steps; returns batch statistics for the metrics."""
+        entropy_needed = any(p.needs_entropy for p in (self.advantage, *self.shapers))
+        missing = {i for i in range(batch.n_steps) if batch.behaviour_logprobs[i] is None}
+        missing |= {i for i in range(batch.n_steps) if entropy_needed and batch.behaviour_entropies[i] is None}
+        stale = {
+            i for i in range(batch.n_steps)
+            if batch.behaviour_logprobs[i] is not None and any(v != self.step for v, m in zip(batch.versions[i], batch.loss_masks[i], strict=True) if m)
+        }  # fmt: skip
+        scores = self.score_steps(batch, missing | stale) if missing | stale else {}
+        for i in missing:
+            if batch.behaviour_logprobs[i] is None:
+                batch.behaviour_logprobs[i] = scores[i][0]
+            if batch.behaviour_entropies[i] is None:
+                batch.behaviour_entropies[i] = scores[i][1]
+        # Fresh steps: the proximal policy is the behaviour policy itself (the same list, exactly).
+        self._proximal = [scores[i][0] if i in stale else batch.behaviour_logprobs[i] for i in range(batch.n_steps)]
+        return {"stale_steps": len(stale)}
 
     # ------------------------------------------------------------------ advantages
 
-    def advantages(self, rows: StepRows) -> torch.Tensor:
-        """Per-row advantages ``[S]``: GRPO/Dr.GRPO, then EMPG, then duration weights (as configured)."""
-        cfg = self.config
-        traj_adv = grpo.advantages(
-            rows.returns, rows.group_ids, scale_by_std=cfg.advantage == "grpo", eps=cfg.adv_eps
-        )  # [T]
-        step_adv = traj_adv[rows.traj_index]  # [S]
-        if cfg.empg is not None:
-            step_entropy = torch.tensor(
-                [
-                    _masked_list_mean(h, m)
-                    for h, m in zip(rows.behaviour_entropies, rows.loss_masks, strict=True)
-                ]
-            )  # [S]
-            step_adv = empg.modulate_advantages(
-                step_adv, step_entropy, rows.traj_index, cfg.empg.k, cfg.empg.k_future, cfg.empg.zeta
-            )
-        if cfg.duration_weighting:
-            step_adv = step_adv * duration.weights(rows.env_seconds)
-        return step_adv
+    def steps_view(self, batch: StepBatch) -> Steps:
+        """The batch as advantage plug-ins see it (:class:`~agentrl.algorithms.registry.Steps`)."""
+        entropy = None
+        if all(h is not None for h in batch.behaviour_entropies):
+            entropy = torch.tensor(
+                [_masked_list_mean(h, m) for h, m in zip(batch.behaviour_entropies, batch.loss_masks, strict=True)]
+            )  # [S] token-mean over trainable tokens
+        return Steps(
+            traj_index=batch.traj_index,
+            turn=torch.tensor(batch.turn, dtype=torch.long),
+            returns=batch.returns,
+            group_ids=batch.group_ids,
+            rewards=torch.tensor(batch.rewards, dtype=torch.float32),
+            env_seconds=torch.tensor(batch.env_seconds, dtype=torch.float64),
+            trainable=torch.tensor([t > 0 for t in batch.step_tokens()], dtype=torch.bool),
+            observations=batch.observations,
+            entropy=entropy,
+            episode_rewards=batch.episode_rewards,
+            infos=batch.infos,
+        )
+
+    def advantages(self, batch: StepBatch) -> torch.Tensor:
+        """Per-step advantages ``[S]``: the estimator, then each shaper in order."""
+        steps = self.steps_view(batch)
+        adv = self.advantage(steps, self.reduce)
+        for shaper in self.shapers:
+            adv = shaper(steps, adv, self.reduce)
+        return adv
 
     # ------------------------------------------------------------------ update
 
@@ -192,17 +262,15 @@ class Learner:
     def _update(self, episodes: list[Episode]) -> list[dict[str, Any]]:
         cfg = self.config
         started = time.perf_counter()
-        rows = build_rows(episodes)
-        needs_logp = any(lp is None for lp in rows.behaviour_logprobs)
-        needs_entropy = cfg.empg is not None and any(h is None for h in rows.behaviour_entropies)
-        if needs_logp or needs_entropy:
-            self._fill_from_current_policy(rows, needs_logp, needs_entropy)
-        step_adv = self.advantages(rows)
+        batch = build_batch(episodes)
+        prepared = self._prepare(batch)
+        step_adv = self.advantages(batch)
         batch_stats = {
-            "episodes": rows.n_trajectories,
-            "dropped_episodes": rows.dropped_episodes,
-            "return_mean": rows.returns.mean().item(),
-            "success_rate": sum(rows.won) / rows.n_trajectories,
+            **prepared,
+            "episodes": batch.n_trajectories,
+            "dropped_episodes": batch.dropped_episodes,
+            "return_mean": batch.returns.mean().item(),
+            "success_rate": sum(batch.won) / batch.n_trajectories,
             "adv_mean": step_adv.mean().item(),
             "adv_std": step_adv.std().item() if step_adv.numel() > 1 else 0.0,
             "adv_min": step_adv.min().item(),
@@ -210,8 +278,8 @@ class Learner:
         }
         results = []
         for _ in range(cfg.epochs):
-            for indices in self._split(rows):
-                metrics = self._optimizer_step(rows, indices, step_adv)
+            for seqs in self._split(batch):
+                metrics = self._optimizer_step(batch, seqs, step_adv)
                 metrics.update(batch_stats)
                 metrics["seconds"] = time.perf_counter() - started
                 metrics["tokens_per_s"] = metrics["total_tokens"] / max(metrics["seconds"], 1e-9)
@@ -221,63 +289,79 @@ class Learner:
                 results.append(metrics)
         return results
 
-    def _split(self, rows: StepRows) -> list[list[int]]:
-        """Row indices of each mini-batch: whole trajectories, shuffled by the learner's generator."""
+    def _split(self, batch: StepBatch) -> list[list[int]]:
+        """Sequence indices of each mini-batch: whole trajectories, shuffled by the learner's generator."""
         n = self.config.mini_batches
         if n <= 1:
-            return [list(range(rows.n_rows))]
-        order = torch.randperm(rows.n_trajectories, generator=self.generator).tolist()
+            return [list(range(len(batch.sequences)))]
+        order = torch.randperm(batch.n_trajectories, generator=self.generator).tolist()
         rank = {t: k * n // len(order) for k, t in enumerate(order)}
         splits: list[list[int]] = [[] for _ in range(n)]
-        for i, t in enumerate(rows.traj_index.tolist()):
-            splits[rank[t]].append(i)
+        for q, t in enumerate(batch.seq_traj):
+            splits[rank[t]].append(q)
         return [s for s in splits if s]
 
-    def _policy_loss(self, logp, old_logp, adv, mask) -> torch.Tensor:
-        cfg, cov = self.config, self.config.cov
-        if cfg.policy_loss == "clip_cov":
-            return covariance.clip_cov_loss(
-                logp, old_logp, adv, mask, cov.clip_ratio, cov.cov_low, cov.cov_high,
-                cfg.eps_low, cfg.eps_high, cfg.agg, generator=self.generator,
-            )  # fmt: skip
-        if cfg.policy_loss == "kl_cov":
-            return covariance.kl_cov_loss(logp, old_logp, adv, mask, cov.k_ratio, cov.kl_coef, cfg.agg)
-        return ppo.clip_loss(logp, old_logp, adv, mask, cfg.eps_low, cfg.eps_high, cfg.agg)
+    def _tokens(self, tensors: dict[str, Any], adv: torch.Tensor, scale: float, turn_w: torch.Tensor, logp, ent) -> Tokens:
+        """The loss plug-ins' view of a micro-batch: current, proximal and behaviour statistics ``[n, R]``."""
+        cfg = self.config
+        seq, pos, mask = tensors["step_seq"], tensors["step_pos"], tensors["mask"]
+        steps = tensors["steps"]
+        proximal = torch.zeros_like(mask)
+        for k, i in enumerate(steps):
+            proximal[k, : len(self._proximal[i])] = torch.tensor(self._proximal[i], dtype=torch.float32)
+        weight = torch.exp(proximal - tensors["old_logp"]).clamp(max=cfg.importance_cap)  # [n, R], 1 on fresh tokens
+        return Tokens(
+            logp=logp, entropy=ent, old_logp=proximal, advantages=adv, mask=mask, eps_low=cfg.eps_low,
+            eps_high=cfg.eps_high, aggregate=lambda values: ppo.aggregate(values, mask, cfg.agg) * scale,
+            nested_mean=lambda values: epo.weighted_turn_mean(values, mask, turn_w),
+            reference_logp=lambda: self._reference_logp(tensors)[seq, pos], generator=self.generator,
+            behaviour_weight=weight, steps=steps,
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def _minibatch_view(
+        self, batch: StepBatch, micro: list[list[int]], steps_of: list[list[int]], step_adv: torch.Tensor,
+        weights: dict[int, float],
+    ) -> Tokens:
+        """The whole mini-batch as one :class:`Tokens` (no gradient), for plug-ins that select over it."""
+        parts: list[Tokens] = []
+        for mb in micro:
+            tensors = collate(batch, mb, self.pad_token_id, self.device, steps_of)
+            logp, ent = self._score(self.model, tensors)
+            seq, pos = tensors["step_seq"], tensors["step_pos"]
+            turn_w = torch.tensor([weights[i] for i in tensors["steps"]], device=self.device)
+            parts.append(self._tokens(tensors, step_adv[tensors["steps"]].to(self.device), 1.0, turn_w, logp[seq, pos], ent[seq, pos]))
+        width = max(t.mask.shape[1] for t in parts)
+
+        def cat(name: str) -> torch.Tensor:
+            return torch.cat([torch.nn.functional.pad(getattr(t, name), (0, width - t.mask.shape[1])) for t in parts])
+
+        mask = cat("mask")
+        return Tokens(
+            logp=cat("logp"), entropy=cat("entropy"), old_logp=cat("old_logp"),
+            advantages=torch.cat([t.advantages for t in parts]), mask=mask, eps_low=self.config.eps_low,
+            eps_high=self.config.eps_high, aggregate=lambda values: ppo.aggregate(values, mask, self.config.agg),
+            nested_mean=lambda values: values.new_zeros(()), reference_logp=lambda: mask.new_zeros(mask.shape),
+            generator=self.generator, behaviour_weight=cat("behaviour_weight"), steps=[i for t in parts for i in t.steps],
+        )  # fmt: skip
 
     def _micro_batch_loss(
-        self,
-        batch: dict[str, torch.Tensor],
-        adv: torch.Tensor,
-        scale: float,
-        turn_w: torch.Tensor,
-        reference: float | None,
-        beta_k: float,
+        self, tensors: dict[str, Any], adv: torch.Tensor, scale: float, turn_w: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """This micro-batch's share of the step loss (``scale``/``turn_w`` come from the whole mini-batch)."""
         cfg = self.config
-        seq, pos = batch["step_seq"], batch["step_pos"]  # [n, 1], [n, R]
-        logp_seq, ent_seq = self._score(self.model, batch)  # [B, L] per sequence
-        logp, ent = logp_seq[seq, pos], ent_seq[seq, pos]  # [n, R] per step, like the per-step rows
-        mask, old_logp = batch["mask"], batch["old_logp"]
-        pg_loss = self._policy_loss(logp, old_logp, adv, mask) * scale
+        seq, pos = tensors["step_seq"], tensors["step_pos"]  # [n, 1], [n, R]
+        logp_seq, ent_seq = self._score(self.model, tensors)  # [B, L] per sequence
+        logp, ent = logp_seq[seq, pos], ent_seq[seq, pos]  # [n, R] per step
+        tokens = self._tokens(tensors, adv, scale, turn_w, logp, ent)
+        mask, old_logp = tokens.mask, tokens.old_logp
+        pg_loss = tokens.aggregate(tokens.behaviour_weight * self.policy_loss(tokens))
         loss = pg_loss
         parts: dict[str, float] = {}
-        if cfg.kl_coef > 0:
-            ref_logp = self._reference_logp(batch)[seq, pos]  # [n, R]
-            kl_term = ppo.aggregate(kl.k3(logp, ref_logp), mask, cfg.agg) * scale
-            loss = loss + cfg.kl_coef * kl_term
-            parts["kl"] = kl_term.item()
-        if cfg.epo is not None:
-            e = cfg.epo
-            traj_entropy = epo.weighted_turn_mean(ent, mask, turn_w)  # L_H share
-            smooth = torch.zeros((), device=self.device)
-            if reference is not None:  # step 0: no history, no penalty
-                penalty = epo.token_penalty(ent, reference, e.kappa_l, e.kappa_r, e.alpha)  # [B, L]
-                smooth = epo.weighted_turn_mean(
-                    penalty.detach() if e.detach_penalty else penalty, mask, turn_w
-                )
-            loss = epo.loss(loss, traj_entropy, smooth, beta_k, e.lam)
-            parts.update(epo_entropy=traj_entropy.item(), epo_smooth=smooth.item())
+        for term in self.terms:
+            value, term_metrics = term(tokens)
+            loss = loss + value
+            parts.update(term_metrics)
         with torch.no_grad():
             n_tok = mask.sum().item()
             clip_frac = ppo.clip_fraction(logp, old_logp, adv, mask, cfg.eps_low, cfg.eps_high).item()
@@ -287,29 +371,35 @@ class Learner:
                 entropy_sum=(ent * mask).sum().item(),
                 clip_sum=clip_frac * n_tok,
                 approx_kl_sum=((old_logp - logp) * mask).sum().item(),
-                total_tokens=batch["attention_mask"].sum().item(),
+                behaviour_weight_sum=(tokens.behaviour_weight * mask).sum().item(),
+                total_tokens=tensors["attention_mask"].sum().item(),
             )
         return loss, parts
 
-    def _optimizer_step(self, rows: StepRows, indices: list[int], step_adv: torch.Tensor) -> dict[str, Any]:
+    def _optimizer_step(self, batch: StepBatch, seqs: list[int], step_adv: torch.Tensor) -> dict[str, Any]:
         cfg = self.config
-        tokens = rows.row_tokens()
+        steps_of = batch.seq_steps()
+        indices = [i for q in seqs for i in steps_of[q]]  # the mini-batch's steps
+        tokens = batch.step_tokens()
         total_tokens = sum(tokens[i] for i in indices)
         total_rows = sum(1 for i in indices if tokens[i] > 0)
         has_tokens = torch.tensor([[tokens[i] > 0] for i in indices])
         weights = dict(
-            zip(indices, epo.turn_weights(has_tokens, rows.traj_index[indices]).tolist(), strict=True)
+            zip(indices, epo.turn_weights(has_tokens, batch.traj_index[indices]).tolist(), strict=True)
         )
-        reference = self.entropy_history.reference
-        beta_k = epo.beta(self.step, cfg.total_steps, cfg.epo.gamma) if cfg.epo is not None else 0.0
+        for term in self.terms:
+            term.start_step(self.step, cfg.total_steps)
         sums: dict[str, float] = defaultdict(float)
         self.optimizer.zero_grad(set_to_none=True)
         finite = total_tokens > 0
-        sequences = pack(rows, indices, cfg.layout)
-        seq_lengths = [len(s.input_ids) for s in sequences]
-        for mb in micro_batches(seq_lengths, range(len(sequences)), cfg.micro_batch_tokens) if finite else []:
-            batch = collate_packed(rows, [sequences[j] for j in mb], self.pad_token_id, self.device)
-            steps = batch["steps"]
+        lengths = batch.seq_lengths()
+        seq_lengths = [lengths[q] for q in seqs]
+        micro = [[seqs[j] for j in mb] for mb in micro_batches(seq_lengths, range(len(seqs)), cfg.micro_batch_tokens)]
+        if finite and self.policy_loss.needs_minibatch:  # token selection over the whole mini-batch, once
+            self.policy_loss.prepare(self._minibatch_view(batch, micro, steps_of, step_adv, weights))
+        for mb in micro if finite else []:
+            tensors = collate(batch, mb, self.pad_token_id, self.device, steps_of)
+            steps = tensors["steps"]
             n_rows = sum(1 for i in steps if tokens[i] > 0)
             scale = (
                 sum(tokens[i] for i in steps) / total_tokens
@@ -317,9 +407,7 @@ class Learner:
                 else n_rows / total_rows
             )
             turn_w = torch.tensor([weights[i] for i in steps], device=self.device)
-            loss, parts = self._micro_batch_loss(
-                batch, step_adv[steps].to(self.device), scale, turn_w, reference, beta_k
-            )
+            loss, parts = self._micro_batch_loss(tensors, step_adv[steps].to(self.device), scale, turn_w)
             if not torch.isfinite(loss):
                 finite = False
                 break
@@ -334,7 +422,7 @@ class Learner:
         metrics: dict[str, Any] = {
             "lr": self.scheduler.get_last_lr()[0],
             "rows": len(indices),
-            "sequences": len(sequences),
+            "sequences": len(seqs),
         }
         if not finite:
             self.optimizer.zero_grad(set_to_none=True)
@@ -346,26 +434,31 @@ class Learner:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        batch_entropy = sums["entropy_sum"] / total_tokens
-        if cfg.epo is not None:
-            self.entropy_history.update(batch_entropy)
-            metrics.update(epo_entropy=sums["epo_entropy"], epo_smooth=sums["epo_smooth"], epo_beta=beta_k)
-            metrics["epo_reference"] = reference
-        if cfg.kl_coef > 0:
-            metrics["kl"] = sums["kl"]
+        if cfg.total_steps is not None and self.step > cfg.total_steps and not self._warned_past_schedule:
+            self._warned_past_schedule = True
+            log.warning(
+                "optimizer step %d is past the end of the learning-rate schedule (learner.total_steps=%d): the "
+                "learning rate stays at lr * min_lr_ratio = %g from here on", self.step, cfg.total_steps,
+                cfg.lr * cfg.min_lr_ratio,
+            )  # fmt: skip
+        batch_entropy = sums.pop("entropy_sum") / total_tokens
+        for term in self.terms:
+            metrics.update(term.end_step(batch_entropy))
         metrics.update(
-            loss=sums["loss"],
-            pg_loss=sums["pg_loss"],
+            loss=sums.pop("loss"),
+            pg_loss=sums.pop("pg_loss"),
             entropy=batch_entropy,
-            clip_frac=sums["clip_sum"] / total_tokens,
-            approx_kl=sums["approx_kl_sum"] / total_tokens,
+            clip_frac=sums.pop("clip_sum") / total_tokens,
+            approx_kl=sums.pop("approx_kl_sum") / total_tokens,
+            behaviour_weight=sums.pop("behaviour_weight_sum") / total_tokens,
             grad_norm=grad_norm,
             trained_tokens=total_tokens,
-            total_tokens=sums["total_tokens"],
+            total_tokens=sums.pop("total_tokens"),
             skipped=False,
             skipped_total=self.skipped_steps,
             policy_version=self.step,
         )
+        metrics.update(sums)  # the loss terms' own metrics (kl, epo_entropy, ...), summed over micro-batches
         return metrics
 
     # ------------------------------------------------------------------ checkpoints and export
@@ -380,13 +473,13 @@ class Learner:
         directory = Path(path)
         directory.mkdir(parents=True, exist_ok=True)
         state = {
-            "format": 1,
+            "format": 2,
             "model": self._trainable_state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "skipped_steps": self.skipped_steps,
-            "entropy_history": self.entropy_history.state_dict(),
+            "plugins": {key: plugin.state_dict() for key, plugin in self._plugins().items()},
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -404,6 +497,8 @@ class Learner:
         if not target.is_file():
             raise FileNotFoundError(f"no learner checkpoint at {target}")
         state = torch.load(target, map_location=self.device, weights_only=True)
+        if state.get("format") != 2:
+            raise ValueError(f"{target} was written by an older agentrl (checkpoint format {state.get('format')}); start a new run")
         if (self.config.lora is None) != (state["config"]["lora"] is None):
             raise ValueError(
                 "checkpoint and learner disagree on LoRA; build the learner with the checkpoint's config"
@@ -418,7 +513,8 @@ class Learner:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         self.skipped_steps = int(state["skipped_steps"])
-        self.entropy_history.load_state_dict(state["entropy_history"])
+        for key, plugin in self._plugins().items():
+            plugin.load_state_dict(state["plugins"].get(key, {}))
         self.generator.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         if state["cuda_rng"] and torch.cuda.is_available():
@@ -449,7 +545,5 @@ class Learner:
         return Path(path)
 
 
-def _masked_list_mean(values: list[float] | None, mask: list[int]) -> float:
-    if values is None:
-        raise ValueError("missing entropies for EMPG")
+def _masked_list_mean(values: list[float], mask: list[int]) -> float:
     return row_mean(torch.tensor([values]), torch.tensor([mask]))[0].item()

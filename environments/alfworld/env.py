@@ -35,7 +35,7 @@ import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
-from agentrl.core import TextEnv, clean_action
+from agentrl.core import PromptSpec, TextEnv, clean_action
 from agentrl.environments.alfworld.data import (
     data_version,
     panel,
@@ -161,6 +161,10 @@ class ALFWorldEnv(TextEnv):
     """An ALFWorld household task: reach the goal stated in the instruction. Reward 1.0 when won."""
 
     splits: ClassVar[tuple[str, ...]] = ("train", "valid_seen", "valid_unseen", "valid_train")
+    prompt: ClassVar[PromptSpec] = PromptSpec(
+        "You are a household robot in a simulated home. Complete the task by interacting with objects and "
+        "receptacles."
+    )
 
     def __init__(
         self,

@@ -40,7 +40,7 @@ from pathlib import Path
 from types import CodeType
 from typing import Any, ClassVar
 
-from agentrl.core import TextEnv
+from agentrl.core import PromptSpec, TextEnv
 from agentrl.environments.mle.grader import normalized_score
 from agentrl.environments.mle.instrument import (
     MILESTONES,
@@ -90,6 +90,9 @@ class MLEEnv(TextEnv):
     """ML-engineering tasks graded on hidden answers, with partial credit from progress prints."""
 
     splits: ClassVar[tuple[str, ...]] = ("train", "valid", "test", "mlebench")
+    prompt: ClassVar[PromptSpec] = PromptSpec(
+        "You are a machine-learning engineer solving a task in a sandbox.", list_admissible=False
+    )
 
     def __init__(
         self,

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from agentrl.core import TextEnv, clean_action
+from agentrl.core import PromptSpec, TextEnv, clean_action
 from agentrl.environments.scienceworld.engine import Engine
 from agentrl.environments.scienceworld.panels import SPLITS, load_panels, task_names
 
@@ -136,6 +136,10 @@ class ScienceWorldEnv(TextEnv):
     """
 
     splits: ClassVar[tuple[str, ...]] = SPLITS
+    prompt: ClassVar[PromptSpec] = PromptSpec(
+        "You are an agent in a simulated science laboratory and home. Complete the science task step by step.",
+        max_admissible=40,
+    )
 
     def __init__(
         self,

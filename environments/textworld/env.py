@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from agentrl.core import TextEnv, clean_action
+from agentrl.core import PromptSpec, TextEnv, clean_action
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,9 @@ class TextWorldEnv(TextEnv):
     """A TextWorld quest: reach the goal stated in the instruction. Reward = game score gained."""
 
     splits: ClassVar[tuple[str, ...]] = ("train", "valid", "test")
+    prompt: ClassVar[PromptSpec] = PromptSpec(
+        "You are playing a text adventure game. Reach the goal stated in the task by typing game commands."
+    )
 
     def __init__(
         self,

@@ -29,7 +29,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from agentrl.core import TextEnv, clean_action
+from agentrl.core import PromptSpec, TextEnv, clean_action
 
 from . import builtin, pages
 from .catalog import ENV_VAR, Catalog, build_catalog, load_catalog
@@ -86,6 +86,9 @@ class WebShopEnv(TextEnv):
     """WebShop: search, open products, choose options, buy. Reward only at ``click[buy now]``."""
 
     splits: ClassVar[tuple[str, ...]] = ("train", "valid", "test")
+    prompt: ClassVar[PromptSpec] = PromptSpec(
+        "You are shopping on a web store for the user's request. Use search[query] and click[button] commands."
+    )
 
     def __init__(
         self,
