@@ -82,6 +82,7 @@ class Steps:
     trainable: torch.Tensor  # [S] bool, the step has at least one trainable token
     observations: Sequence[str]  # [S] the observation each step acted on
     entropy: torch.Tensor | None = None  # [S] float
+    inclusion: torch.Tensor | None = None  # [T] float, P(the trajectory's group was used), from the batching
 
 
 @dataclass

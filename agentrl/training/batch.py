@@ -53,6 +53,7 @@ class StepBatch:
     returns: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # [T] sum of the episode's rewards
     group_ids: list[object] = field(default_factory=list)  # [T]
     won: list[bool] = field(default_factory=list)  # [T]
+    inclusion: list[float | None] = field(default_factory=list)  # [T] meta["inclusion_probability"] (None: not recorded)
     dropped_episodes: int = 0  # episodes left out (error set, or no sampled tokens)
 
     @property
@@ -99,6 +100,7 @@ def build_batch(episodes: Sequence[Episode]) -> StepBatch:
         returns.append(episode.episode_return)
         batch.group_ids.append(episode.group_id if episode.group_id is not None else (episode.env_id, episode.task_id))
         batch.won.append(bool(episode.won))
+        batch.inclusion.append(episode.meta.get("inclusion_probability"))
         for transcript in episode.transcripts:
             try:
                 transcript.check()

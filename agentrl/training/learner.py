@@ -208,6 +208,7 @@ class Learner:
             trainable=torch.tensor([t > 0 for t in batch.step_tokens()], dtype=torch.bool),
             observations=batch.observations,
             entropy=entropy,
+            inclusion=None if any(p is None for p in batch.inclusion) else torch.tensor(batch.inclusion, dtype=torch.float64),
         )
 
     def advantages(self, batch: StepBatch) -> torch.Tensor:
