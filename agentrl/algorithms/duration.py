@@ -27,12 +27,18 @@ whatever finished within a time window and discards what started too long ago
 ran ``D`` seconds was used with probability ``p(D) = clip(S + 1 - D / W, 0, 1)`` (window ``W``,
 ``S`` windows of staleness allowed; derivation in :mod:`agentrl.distributed.batching`), which the
 batching records in ``episode.meta["inclusion_probability"]``. The ``inclusion`` shaper weights
-every step of a used group by ``1 / p`` (Horvitz-Thompson), rescaled to a batch mean of 1:
+every step of a used group by ``1 / p`` (Horvitz-Thompson), rescaled so the batch's mean weight is 1
+(the learning rate keeps its meaning)::
 
     w_g = (1 / p_g) / mean_batch(1 / p)
 
-Without the rescaling the estimate is exactly unbiased; with it (the learning rate keeps its
-meaning) it is a ratio estimator whose bias shrinks as 1/batch size, like the learner's own mean.
+Before the rescaling, ``sum_g x_g / p_g`` over the used groups is an unbiased estimate of the sum of
+``x_g`` over every group started. The rescaled (self-normalised, Hajek) estimate is a ratio of two
+such sums, consistent with a bias of order ``1 / groups per batch`` that grows with the spread of
+the weights; ``benchmarks/duration_bias.py`` measures it (within its confidence intervals there).
+A normaliser fixed before the batch is seen (a running mean of past batches' ``sum(1 / p)``) would
+remove that ratio bias in steady state, but the first windows of a run hold few groups and their
+small normalisers inflated the early updates: it did worse in the same simulation.
 """
 
 from __future__ import annotations
@@ -92,30 +98,24 @@ def batch_weights(durations: torch.Tensor, reduce: Reduce) -> torch.Tensor:
     return (filled / reduce.mean(filled)).to(torch.float32)
 
 
-def inclusion_weights(probabilities: torch.Tensor, reduce: Reduce, max_weight: float | None = None) -> torch.Tensor:
-    """``(1 / p) / mean_batch(1 / p)``: ``[T] -> [T]`` float64, each trajectory's Horvitz-Thompson weight.
-
-    ``max_weight`` caps ``1 / p`` before the rescaling (trades a small bias for less variance when a
-    group barely made its window). A probability outside ``(0, 1]`` is an error.
-    """
+def inverse_probabilities(probabilities: torch.Tensor, max_weight: float | None = None) -> torch.Tensor:
+    """``1 / p`` per trajectory (``[T]`` float64), optionally capped at ``max_weight``; ``p`` must be in ``(0, 1]``."""
     p = probabilities.detach().to(torch.float64).cpu()
     if bool(((p <= 0) | (p > 1) | torch.isnan(p)).any()):
         raise ValueError(f"inclusion probabilities must be in (0, 1], got {p.tolist()}")
     inverse = 1.0 / p
-    if max_weight is not None:
-        inverse = inverse.clamp(max=max_weight)
-    return inverse / reduce.mean(inverse)
+    return inverse.clamp(max=max_weight) if max_weight is not None else inverse
 
 
 @register
 class InclusionWeights(AdvantageShaper):
-    """Weight each step by ``1 / p`` of its group (rescaled to batch mean 1): corrects what a time window drops."""
+    """Weight each step by ``1 / p`` of its group, rescaled to batch mean 1: corrects what a time window drops."""
 
     name = "inclusion"
 
     @dataclass
     class Config:
-        max_weight: float | None = None  # cap on 1 / p before rescaling (None: no cap, unbiased)
+        max_weight: float | None = None  # cap on 1 / p (None: no cap; a cap trades a bias for less variance)
 
     def __call__(self, steps: Steps, advantages: torch.Tensor, reduce: Reduce) -> torch.Tensor:
         if steps.inclusion is None:
@@ -124,5 +124,6 @@ class InclusionWeights(AdvantageShaper):
                 "(episode.meta['inclusion_probability'], set by the actor-learner's batching='window'); "
                 "these episodes carry none"
             )
-        traj = inclusion_weights(steps.inclusion, reduce, self.config.max_weight)  # [T]
+        inverse = inverse_probabilities(steps.inclusion, self.config.max_weight)  # [T]
+        traj = inverse / reduce.mean(inverse)  # [T] batch mean 1 over trajectories
         return advantages * traj.to(advantages.device, advantages.dtype)[steps.traj_index.to(advantages.device)]

@@ -183,9 +183,12 @@ class BanditLearner:
     """
 
     def __init__(self, bandit: Bandit, theta: Sequence[float], *, shaping: Sequence[str] = (), lr: float = 0.0):
+        from agentrl.algorithms.duration import DurationWeights, InclusionWeights
+        from agentrl.algorithms.grpo import DrGRPO
         from agentrl.training.config import LearnerConfig
 
         self.bandit = bandit
+        self.advantage, self.duration, self.inclusion = DrGRPO(), DurationWeights(), InclusionWeights()
         self.config = LearnerConfig(shaping=list(shaping))
         self.model = _Policy(np.asarray(theta, dtype=np.float64))
         self.lr, self.step = lr, 0
@@ -196,8 +199,6 @@ class BanditLearner:
         return self.model.theta.detach().numpy().copy()
 
     def update(self, episodes: list[Episode]) -> list[dict[str, Any]]:
-        from agentrl.algorithms.duration import DurationWeights, InclusionWeights
-        from agentrl.algorithms.grpo import DrGRPO
         from agentrl.algorithms.registry import Reduce, Steps
 
         n = len(episodes)
@@ -212,14 +213,14 @@ class BanditLearner:
             inclusion=None if any(p is None for p in inclusion) else torch.tensor(inclusion, dtype=torch.float64),
         )  # fmt: skip
         reduce = Reduce()
-        advantages = DrGRPO()(steps, reduce).double()  # [n]
+        advantages = self.advantage(steps, reduce).double()  # [n]
         theta = self.theta
         pi = softmax(theta)
         arms = np.array([ep.steps[0].info["arm"] for ep in episodes])
         score = np.eye(len(pi))[arms] - pi  # [n, K] grad_theta log pi(a_i)
-        shaped = {"unweighted": advantages, "duration": DurationWeights()(steps, advantages, reduce).double()}
+        shaped = {"unweighted": advantages, "duration": self.duration(steps, advantages, reduce).double()}
         if steps.inclusion is not None:
-            shaped["inclusion"] = InclusionWeights()(steps, advantages, reduce).double()
+            shaped["inclusion"] = self.inclusion(steps, advantages, reduce).double()
         estimates = {name: (adv.numpy()[:, None] * score).mean(axis=0) for name, adv in shaped.items()}
         self.batches.append({"n": n, "theta": theta, "estimates": estimates})
         if self.lr:
@@ -276,21 +277,15 @@ def simulate(
         store.close()
 
 
-def pooled_estimate(batches: Sequence[dict[str, Any]], estimator: str, scale: float = 1.0,
-                    block: int = 1) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """The learner's gradient estimates pooled over batches (weighted by batch size), and its standard error.
+def mean_estimate(batches: Sequence[dict[str, Any]], estimator: str, scale: float = 1.0,
+                  block: int = 4) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The learner's per-batch gradient estimates averaged over batches, and the standard error of that mean.
 
-    ``sum_b n_b g_b / sum_b n_b`` times ``scale`` (``G / (G - 1)`` undoes Dr.GRPO's group-mean
-    baseline), with the delta-method standard error over blocks of ``block`` consecutive batches
-    (blocks absorb the correlation between neighbouring windows).
+    ``scale`` (``G / (G - 1)``) undoes Dr.GRPO's group-mean baseline, whose expected gradient is
+    ``(G - 1) / G`` of the policy gradient. The standard error is over means of ``block``
+    consecutive batches (blocks absorb the correlation between neighbouring windows).
     """
-    sums = np.array([b["n"] * b["estimates"][estimator] for b in batches])  # [B, K]
-    counts = np.array([b["n"] for b in batches], dtype=float)  # [B]
-    usable = len(batches) // block * block
-    sums = sums[:usable].reshape(-1, block, sums.shape[1]).sum(axis=1)
-    counts = counts[:usable].reshape(-1, block).sum(axis=1)
-    mean = sums.sum(axis=0) / counts.sum()
-    residuals = sums - counts[:, None] * mean
-    n_blocks = len(counts)
-    se = np.sqrt((residuals**2).sum(axis=0) * n_blocks / max(1, n_blocks - 1)) / counts.sum()
-    return mean * scale, se * scale
+    values = np.array([b["estimates"][estimator] for b in batches]) * scale  # [B, K]
+    usable = len(values) // block * block
+    blocks = values[:usable].reshape(-1, block, values.shape[1]).mean(axis=1)
+    return values.mean(axis=0), blocks.std(axis=0, ddof=1) / np.sqrt(len(blocks))
