@@ -278,7 +278,7 @@ def simulate(
 
 
 def mean_estimate(batches: Sequence[dict[str, Any]], estimator: str, scale: float = 1.0,
-                  block: int = 4) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+                  block: int = 1) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """The learner's per-batch gradient estimates averaged over batches, and the standard error of that mean.
 
     ``scale`` (``G / (G - 1)``) undoes Dr.GRPO's group-mean baseline, whose expected gradient is
