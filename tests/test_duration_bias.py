@@ -179,9 +179,9 @@ def test_inclusion_weights_by_hand_through_the_learner():
 
 def test_window_batching_biases_the_unweighted_gradient_and_inclusion_weights_remove_it():
     """Slow groups finish outside their window more often: unweighted, the learner under-credits the slow arm."""
-    result = simulate(BANDIT, THETA_WINDOW, batching="window", window_s=8.0, max_staleness=0, updates=24, workers=8,
+    result = simulate(BANDIT, THETA_WINDOW, batching="window", window_s=8.0, max_staleness=0, updates=48, workers=8,
                       group_size=GROUP_SIZE, shaping=["inclusion"], seed=0)  # fmt: skip
-    assert len(result.batches) == 24 and result.stats["too_slow_groups"] == 0
+    assert len(result.batches) == 48 and result.stats["too_slow_groups"] == 0
     assert result.stats["stale_skipped"] > 0  # the window did drop groups: there is a bias to correct
     weighted, plain = (z_scores(result.batches, name, THETA_WINDOW) for name in ("inclusion", "unweighted"))
     assert np.all(np.abs(weighted) < Z), weighted

@@ -267,14 +267,21 @@ class ActorLearner:
         return wait
 
     def _wait_for_batch(self) -> list[Episode]:
+        """Harvest until the batching has a batch. Group batching reads the store after every harvest;
+        window batching only when a window closes (what it takes is decided then), one read per window."""
+        window = isinstance(self.batching, WindowBatching)
         last_progress = self.clock()
         while True:
+            if window and self.batching.seconds_to_deadline(self.clock()) == 0:
+                self._poll_store()
             batch = self._take_batch()
             if batch:
                 return batch
             self._top_up()
+            done_before = self.stats["groups_done"]
             self._harvest(self._next_wait())
-            if self._poll_store() > 0:
+            arrived = self.stats["groups_done"] > done_before if window else self._poll_store() > 0
+            if arrived:
                 last_progress = self.clock()
             elif self.clock() - last_progress > self.wait_timeout_s:
                 low, high = self.batching.versions(self.learner.step)
