@@ -1,11 +1,16 @@
 """Asynchronous, duration-aware RL on ML-engineering tasks (arXiv 2509.01684), Ray rollout workers.
 
 The paper's setting: an action is a whole program that trains a model, and programs take from a
-second (a crash) to minutes (real training). Rollout workers therefore run asynchronously and
-fast, poor programs would flood every batch; duration-aware updates weight each action's
-policy-gradient term by ``env_seconds / mean_batch(env_seconds)`` to undo that. Rewards are the MLE
-env's partial credit (+0.1 per progress milestone the instrumented program prints, the normalized
-score of a valid submission, a penalty for a failed run).
+second (a crash) to minutes (real training), so rollout workers run asynchronously. The paper
+weights each action's policy-gradient term by ``dt / mean_batch(dt)`` against fast actions flooding
+the batches; that weight is right only for its arrival model, which agentrl's workers do not have
+(:mod:`agentrl.algorithms.duration`). Here every worker plays whole groups and, with the default
+``batching=group``, every fresh group is used whatever it cost: no arrival bias, no weight.
+``batching=window`` takes whatever finished within each ``window_s`` seconds instead and drops
+groups that started too long ago; set ``learner.shaping=[inclusion]`` with it to weight each used
+group by the inverse of its chance of being used (README, "Duration-aware updates"). Rewards are
+the MLE env's partial credit (+0.1 per progress milestone the instrumented program prints, the
+normalized score of a valid submission, a penalty for a failed run).
 
 Read it top to bottom:
 
@@ -15,15 +20,15 @@ Read it top to bottom:
    second attempt that sees the first one's outcome and whose workspace keeps ``solution.py``);
 3. the actor-learner loop (:mod:`agentrl.distributed.actor_learner`): workers play groups with the
    newest weights they have and write them to the store; the learner takes whole groups at most
-   ``max_staleness`` versions old, updates (PPO-clip against the behaviour log-probs = clipped
-   importance ratio, GRPO advantages, duration weights) and publishes the new weights;
+   ``max_staleness`` versions old (or, with ``batching=window``, what finished within each window),
+   updates (PPO-clip against the behaviour log-probs = clipped importance ratio, GRPO advantages)
+   and publishes the new weights;
 4. the final weights go to ``output_dir/run_name/model`` (LoRA merged).
 
 With ``learner.lora`` set the learner trains adapters and publishes only them (PEFT's format, a few
 MB per version); workers apply them to their copy of the base model.
 
-Paper defaults where they apply: 128 episodes per update (16 groups of 8), lr 1e-5, duration
-weighting on. ``agentrl train mle_async model=PATH_OR_HUB_ID`` (``--ray ADDRESS`` sets ``ray``). Under
+Paper defaults where they apply: 128 episodes per update (16 groups of 8), lr 1e-5. ``agentrl train mle_async model=PATH_OR_HUB_ID`` (``--ray ADDRESS`` sets ``ray``). Under
 ``torchrun --nproc-per-node N $(which agentrl) train mle_async ...`` the learner is FSDP2 over the N
 ranks (:mod:`agentrl.distributed.fsdp`): rank 0 drives the workers and broadcasts each batch.
 """
@@ -38,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.config import ConfigError, config_dict
+from agentrl.distributed.batching import check_shaping
 from agentrl.distributed.rollout_engine import RolloutConfig
 from agentrl.training.config import LearnerConfig
 
@@ -63,16 +69,16 @@ class Config:
     updates: int = 50  # learner updates
     group_size: int = 8  # episodes per task (GRPO group)
     groups_per_update: int = 16  # groups per update: 16 x 8 = the paper's batch of 128
-    max_staleness: int = 2  # oldest usable policy version = current - max_staleness (0 = synchronous)
+    max_staleness: int = 2  # oldest usable version = current - max_staleness (0 = synchronous); in windows for "window"
+    batching: str = "group"  # "group": every fresh whole group is used; "window": what finished within each window_s
+    window_s: float = 900.0  # batching=window: window length; keep (max_staleness + 1) * window_s > the slowest group
     wait_timeout_s: float = 1800.0  # stop with a clear error when no fresh episode arrives for this long
     max_worker_restarts: int = 5  # dead workers replaced at most this many times per run
     temperature: float = 1.0  # rollout sampling temperature
     max_new_tokens: int = 1024  # tokens per attempt (a whole program)
     seed: int = 0  # seeds task draws, sampling and the learner
     rollout: RolloutConfig = field(default_factory=RolloutConfig)  # workers' engine: hf, vllm (worker_gpus > 0) or openai (url: one server per worker)
-    learner: LearnerConfig = field(
-        default_factory=lambda: LearnerConfig(lr=1e-5, shaping=["duration"])
-    )  # the update (duration weighting on)
+    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=1e-5))  # the update
 
 
 def main(cfg: Config) -> dict[str, Any]:
@@ -99,6 +105,12 @@ def main(cfg: Config) -> dict[str, Any]:
         raise ConfigError("rollout.backend=vllm runs a vLLM engine in every worker: set worker_gpus > 0")
     if cfg.rollout.backend == "openai" and len([u for u in cfg.rollout.url.split(",") if u.strip()]) < cfg.workers:
         raise ConfigError(f"rollout.backend=openai needs one server per worker: rollout.url lists fewer than {cfg.workers}")
+    try:
+        check_shaping(cfg.batching, cfg.learner.shaping)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if cfg.batching == "window" and not cfg.window_s > 0:
+        raise ConfigError(f"window_s must be > 0 seconds with batching=window, got {cfg.window_s}")
     run_dir = Path(cfg.output_dir) / cfg.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -174,6 +186,7 @@ def main(cfg: Config) -> dict[str, Any]:
         driver = ActorLearner(
             learner, store, spec, workers=cfg.workers, group_size=cfg.group_size,
             groups_per_update=cfg.groups_per_update, sample_task=sample_task, max_staleness=cfg.max_staleness,
+            batching=cfg.batching, window_s=cfg.window_s,
             wait_timeout_s=cfg.wait_timeout_s, max_worker_restarts=cfg.max_worker_restarts,
             worker_cpus=cfg.worker_cpus, worker_gpus=cfg.worker_gpus, seed=cfg.seed, on_update=on_update,
             check_batch=check_batch,

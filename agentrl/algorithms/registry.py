@@ -85,6 +85,7 @@ class Steps:
     entropy: torch.Tensor | None = None  # [S] float
     episode_rewards: Sequence[Sequence[float]] = ()  # [T] every turn's env reward, also turns that are not steps
     infos: Sequence[Mapping[str, Any]] = ()  # [S] the env info of each step (invalid_action, parse_error, ...)
+    inclusion: torch.Tensor | None = None  # [T] float, P(the trajectory's group was used), from the batching
 
 
 @dataclass

@@ -58,6 +58,7 @@ class StepBatch:
     group_ids: list[object] = field(default_factory=list)  # [T]
     episode_rewards: list[list[float]] = field(default_factory=list)  # [T] every turn's env reward, steps or not
     won: list[bool] = field(default_factory=list)  # [T]
+    inclusion: list[float | None] = field(default_factory=list)  # [T] meta["inclusion_probability"] (None: not recorded)
     dropped_episodes: int = 0  # episodes left out (error set, or no sampled tokens)
 
     @property
@@ -128,6 +129,7 @@ def build_batch(episodes: Sequence[Episode]) -> StepBatch:
         batch.group_ids.append(episode.group_id if episode.group_id is not None else (episode.env_id, episode.task_id))
         batch.won.append(bool(episode.won))
         batch.episode_rewards.append([float(s.reward) for s in episode.steps])
+        batch.inclusion.append(episode.meta.get("inclusion_probability"))
         for transcript in episode.transcripts:
             try:
                 transcript.check()

@@ -238,6 +238,7 @@ class Learner:
             entropy=entropy,
             episode_rewards=batch.episode_rewards,
             infos=batch.infos,
+            inclusion=None if any(p is None for p in batch.inclusion) else torch.tensor(batch.inclusion, dtype=torch.float64),
         )
 
     def advantages(self, batch: StepBatch) -> torch.Tensor:
