@@ -97,10 +97,14 @@ def test_meta_commands_are_refused_in_any_sentence(env, action, tmp_path, monkey
     assert list(tmp_path.iterdir()) == []
 
 
-def test_ordinary_sentences_still_reach_the_game(env):
+@pytest.mark.parametrize("action", ["look. then inventory", "go east. go west", "take all, drop all", "look then look"])
+def test_one_command_per_turn(env, action):
+    # Inform runs every sentence of an input: a chain would play several moves in one turn of max_turns.
     env.reset(options={"task": "easy/100001"})
-    obs, _, _, _, info = env.step("look. then inventory")  # chained ordinary commands are the game's business
-    assert obs.startswith("-= ") and "not available" not in obs
+    obs, _, terminated, _, info = env.step(action)
+    assert "one command per turn" in obs and info["invalid_action"] and not terminated and info["turn"] == 1
+    obs, _, _, _, info = env.step("look")
+    assert obs.startswith("-= ") and info["invalid_action"] is False
 
 
 def test_non_admissible_command_reaches_the_engine_and_is_flagged(env):

@@ -117,16 +117,19 @@ def refusal(command: str) -> str | None:
     A backslash is a command to the dumb-frotz interpreter itself, not to the game: ``\\help``
     prints to the host's stdout and ``\\q`` or ``\\n`` loop forever inside ``step``. A meta-command
     as the first word of any sentence leaves the game's rules or touches host files (see
-    :data:`META_COMMANDS`).
+    :data:`META_COMMANDS`). Chained sentences ("look. then inventory") would play several moves in
+    one turn, outside the episode's turn budget: one command per turn.
     """
     if not command.isascii():
         return "only plain ASCII commands are understood"
     if "\\" in command:
         return "'\\' is not understood"
-    for sentence in _SENTENCE_BREAK.split(command.lower()):
-        words = _WORD.findall(sentence)
-        if words and words[0] in META_COMMANDS:
+    sentences = [words for sentence in _SENTENCE_BREAK.split(command.lower()) if (words := _WORD.findall(sentence))]
+    for words in sentences:
+        if words[0] in META_COMMANDS:
             return f"'{words[0]}' is not available in this game"
+    if len(sentences) > 1:  # "take key. unlock door" would play two turns for one of max_turns
+        return "one command per turn"
     return None
 
 
