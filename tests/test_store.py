@@ -105,6 +105,18 @@ def test_float_codec_is_exact_and_uses_float32_only_when_lossless():
     assert special[0] == math.inf and math.copysign(1.0, special[1]) == -1.0 and math.isnan(special[2])
 
 
+def test_run_length_blobs_hold_a_transcripts_turns_in_a_few_bytes():
+    turns = [0] * 300 + [1] * 2 + [2] * 700
+    blob = codec.encode_runs(turns)
+    assert blob == b"RH" + np.array([0, 300, 1, 2, 2, 700], dtype="<u2").tobytes()
+    assert codec.decode(blob) == turns and codec.decode_numpy(blob).tolist() == turns
+    assert codec.decode(codec.encode_runs([])) == [] and codec.encode_runs(None) is None
+    with pytest.raises(codec.CodecError, match="run-length"):
+        codec.decode(b"R" + codec.encode_ints([1, 2, 3]))
+    with pytest.raises(codec.CodecError, match="run-length"):
+        codec.decode(b"R" + codec.encode_ints([1, 0]))
+
+
 def test_blob_layout_is_little_endian_after_a_type_byte():
     # The on-disk format is documented in agentrl.store.codec; check it byte by byte.
     assert codec.encode_ints([1, 258]) == b"H" + bytes([1, 0, 2, 1])
@@ -184,8 +196,8 @@ def test_transcripts_are_stored_as_compact_binary(store_url):
             (row,) = conn.execute(select(transcripts_table)).all()
     ids = [151644, 8948, 198, 2610, 525, 2508, 37179, 151645, 785, 37179, 22743, 23268, 151645]
     assert bytes(row.ids) == b"i" + array("i", ids).tobytes()  # Qwen ids exceed uint16: 4 bytes each
-    assert bytes(row.turns) == b"B" + bytes([0] * 8 + [1] * 5)
-    assert bytes(row.sampled) == b"B" + bytes([0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 1, 1, 1])
+    assert bytes(row.turns) == b"RB" + bytes([0, 8, 1, 5])  # runs of (turn, count)
+    assert bytes(row.sampled) == b"RB" + bytes([0, 5, 1, 3, 0, 2, 1, 3])
     # Sampled-only fields hold the 6 sampled tokens, not all 13: prompt text costs no float columns.
     assert bytes(row.loss_mask) == b"B" + bytes([1, 1, 1, 1, 1, 0])
     assert bytes(row.versions) == b"B" + bytes([3, 3, 3, 4, 4, 4])

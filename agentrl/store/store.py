@@ -544,8 +544,8 @@ def _transcript_values(episode: Episode, index: int) -> list[tuple[Any, ...]]:
                 (
                     position,
                     codec.encode_ints(t.ids),
-                    codec.encode_ints(t.turns),
-                    codec.encode_ints(t.sampled),
+                    codec.encode_runs(t.turns),
+                    codec.encode_runs(t.sampled),
                     codec.encode_ints([t.loss_mask[i] for i in picked]),
                     None if t.logprobs is None else codec.encode_floats([t.logprobs[i] for i in picked]),
                     None if t.entropies is None else codec.encode_floats([t.entropies[i] for i in picked]),

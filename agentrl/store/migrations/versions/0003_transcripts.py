@@ -82,8 +82,8 @@ def _transcripts_of(steps: list[Any]) -> list[dict[str, Any]]:
         {
             "position": position,
             "ids": codec.encode_ints(t["ids"]),
-            "turns": codec.encode_ints(t["turns"]),
-            "sampled": codec.encode_ints(t["sampled"]),
+            "turns": codec.encode_runs(t["turns"]),
+            "sampled": codec.encode_runs(t["sampled"]),
             "loss_mask": codec.encode_ints(t["loss_mask"]),
             "logprobs": codec.encode_floats(t["logprobs"]),
             "entropies": codec.encode_floats(t["entropies"]),
