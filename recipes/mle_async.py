@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.config import ConfigError, config_dict
+from agentrl.distributed.rollout_engine import RolloutConfig
 from agentrl.training.config import LearnerConfig
 
 
@@ -68,6 +69,7 @@ class Config:
     temperature: float = 1.0  # rollout sampling temperature
     max_new_tokens: int = 1024  # tokens per attempt (a whole program)
     seed: int = 0  # seeds task draws, sampling and the learner
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # workers' engine: hf, vllm (worker_gpus > 0) or openai (url: one server per worker)
     learner: LearnerConfig = field(
         default_factory=lambda: LearnerConfig(lr=1e-5, shaping=["duration"])
     )  # the update (duration weighting on)
@@ -84,6 +86,7 @@ def main(cfg: Config) -> dict[str, Any]:
     from agentrl.policies.hf import load_model_and_tokenizer
     from agentrl.policies.sources import hub_revision, load_pretrained
     from agentrl.store import open_store
+    from agentrl.training.exactness import check_behaviour_logprobs
     from agentrl.training.learner import Learner
     from agentrl.training.metrics import MetricsLogger
 
@@ -91,6 +94,11 @@ def main(cfg: Config) -> dict[str, Any]:
         raise ConfigError("set model=PATH_OR_HUB_ID (a Hugging Face model directory or Hub id) for this recipe")
     if not 0 <= cfg.improve_fraction <= 1:
         raise ConfigError(f"improve_fraction must be in [0, 1], got {cfg.improve_fraction}")
+    cfg.rollout.validate()
+    if cfg.rollout.backend == "vllm" and cfg.worker_gpus <= 0:
+        raise ConfigError("rollout.backend=vllm runs a vLLM engine in every worker: set worker_gpus > 0")
+    if cfg.rollout.backend == "openai" and len([u for u in cfg.rollout.url.split(",") if u.strip()]) < cfg.workers:
+        raise ConfigError(f"rollout.backend=openai needs one server per worker: rollout.url lists fewer than {cfg.workers}")
     run_dir = Path(cfg.output_dir) / cfg.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -133,7 +141,8 @@ def main(cfg: Config) -> dict[str, Any]:
         model=cfg.model, env=entry.id, store=store_url, run_id=run_id, weights_dir=str((run_dir / "weights").resolve()),
         env_args=dict(cfg.env_args), variants={"scratch": {"max_turns": 1}, "improve": {"max_turns": 2}},
         split=cfg.split, max_turns=2, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-        max_parallel=cfg.max_parallel, seed=cfg.seed, revision=revision,
+        max_parallel=cfg.max_parallel, seed=cfg.seed, revision=revision, rollout=cfg.rollout,
+        lora_rank=cfg.learner.lora.r if cfg.learner.lora is not None else None,
     )  # fmt: skip
     probe = agentrl.make(entry.id, split=cfg.split, **cfg.env_args)
     panel = probe.task_ids(cfg.split)[: cfg.train_tasks or None]
@@ -143,6 +152,13 @@ def main(cfg: Config) -> dict[str, Any]:
         return str(rng.choice(panel)), "improve" if rng.random() < cfg.improve_fraction else "scratch"
 
     summary: dict[str, Any] = {"run_dir": str(run_dir), "store": store_url, "run_id": run_id, "updates": []}
+
+    def check_batch(batch: list) -> dict[str, Any]:  # fresh episodes' engine log-probs == the learner's?
+        rollout = cfg.rollout
+        if world > 1 or not rollout.check_every or learner.step % rollout.check_every:
+            return {}
+        return check_behaviour_logprobs(learner, batch, max_tokens=rollout.check_tokens, tolerance=rollout.tolerance,
+                                        on_mismatch=rollout.on_mismatch)  # fmt: skip
 
     def on_update(result: dict[str, Any]) -> None:
         flat = {k: v for k, v in result.items() if k != "learner"}
@@ -160,6 +176,7 @@ def main(cfg: Config) -> dict[str, Any]:
             groups_per_update=cfg.groups_per_update, sample_task=sample_task, max_staleness=cfg.max_staleness,
             wait_timeout_s=cfg.wait_timeout_s, max_worker_restarts=cfg.max_worker_restarts,
             worker_cpus=cfg.worker_cpus, worker_gpus=cfg.worker_gpus, seed=cfg.seed, on_update=on_update,
+            check_batch=check_batch,
         )  # fmt: skip
         summary["failures"] = driver.run(cfg.updates)
         # 4. save

@@ -3,11 +3,15 @@
 This is the reference loop every online recipe shares (the benchmark recipes are this loop with the
 papers' defaults). Read it top to bottom:
 
-1. load the policy (a Hugging Face model directory or Hub id) and wrap it in the LLM agent's prompt format;
+1. load the policy (a Hugging Face model directory or Hub id) on the rollout backend (``rollout.backend``:
+   ``hf`` in this process, ``vllm`` in this process, ``openai`` a server) and wrap it in the LLM agent's
+   prompt format;
 2. optionally warm up by supervised fine-tuning on expert demonstrations (``sft_episodes > 0``);
 3. per iteration: draw ``tasks_per_iteration`` train tasks, play ``group_size`` episodes of each
    with the current weights (one batched generate per turn), write them to the store, and give
-   them to the learner (advantages + PPO-clip update, EMPG/EPO when configured);
+   them to the learner (advantages + PPO-clip update, EMPG/EPO when configured); the rollout engine
+   then loads the new weights, and the next batch's behaviour log-probs are checked against the
+   learner's (``rollout/exact/*`` metrics);
 4. every ``eval_every`` iterations, evaluation on the first ``eval_tasks`` of the eval panel (greedy,
    or ``eval_samples`` sampled episodes per task at ``eval_temperature``).
 
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.config import ConfigError, config_dict
+from agentrl.distributed.rollout_engine import RolloutConfig
 from agentrl.training.config import LearnerConfig
 
 
@@ -60,6 +65,7 @@ class Config:
     sft_lr: float = 1e-3  # warm-up learning rate
     sft_batch_tokens: int = 2048  # padded tokens per warm-up optimizer step
     seed: int = 0  # seeds task draws, sampling and the learner
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # the generating engine: hf, vllm or openai (a server)
     learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=1e-5))  # the update (its schedule spans the run's iterations unless total_steps is set)
 
 
@@ -69,10 +75,12 @@ def main(cfg: Config) -> dict[str, Any]:
 
     import agentrl
     from agentrl.agents.llm import LLMAgent, prompt_format_for
+    from agentrl.distributed.rollout_engine import build_rollout_engine
     from agentrl.evaluation import evaluate_model
-    from agentrl.policies import HFPolicy, SamplingParams
+    from agentrl.policies import SamplingParams
     from agentrl.rollout import Collector, ModelActor
     from agentrl.store import open_store
+    from agentrl.training.exactness import check_behaviour_logprobs
     from agentrl.training.learner import Learner
     from agentrl.training.metrics import MetricsLogger
     from agentrl.training.sft import demonstrations, sft_update
@@ -84,9 +92,12 @@ def main(cfg: Config) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
 
-    # 1. policy, agent, environments, store, learner
-    policy = HFPolicy(cfg.model, seed=cfg.seed)
-    agent = LLMAgent(policy.tokenizer, prompt_format_for(cfg.env), layout=cfg.layout, history=cfg.history,
+    # 1. policy (on the rollout backend), agent, environments, store, learner
+    lora_rank = cfg.learner.lora.r if cfg.learner.lora is not None else None
+    rollout_engine = build_rollout_engine(cfg.rollout, cfg.model, weights_dir=run_dir / "weights", seed=cfg.seed,
+                                          lora_rank=lora_rank)  # fmt: skip
+    policy = rollout_engine.policy
+    agent = LLMAgent(rollout_engine.tokenizer, prompt_format_for(cfg.env), layout=cfg.layout, history=cfg.history,
                      admissible_only=cfg.admissible_only)
     entry = agentrl.registry.resolve(cfg.env)
 
@@ -96,7 +107,8 @@ def main(cfg: Config) -> dict[str, Any]:
     store = open_store(cfg.store or f"sqlite:///{run_dir / 'store.db'}")
     run_id = store.start_run(cfg.run_name, env_id=entry.id, config=config_dict(cfg), kind="train")
     logger = MetricsLogger(run_dir)
-    learner = Learner(policy.model, cfg.learner.for_run(cfg.iterations), pad_token_id=policy.pad_id, logger=logger)
+    learner = Learner(rollout_engine.train_model, cfg.learner.for_run(cfg.iterations), pad_token_id=rollout_engine.pad_id,
+                      logger=logger)  # fmt: skip
     train_panel = make_env(cfg.train_split).task_ids(cfg.train_split)[: cfg.train_tasks or None]
     sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                               stop=("</action>",), return_entropies=True)
@@ -126,11 +138,12 @@ def main(cfg: Config) -> dict[str, Any]:
         demos = [ep for ep in demonstrations(env, agent, demo_tasks, env_id=entry.id, seed=cfg.seed) if ep.won]
         env.close()
         store.write_episodes(run_id, demos)
-        history = sft_update(policy.model, demos, lr=cfg.sft_lr, epochs=cfg.sft_epochs, pad_token_id=policy.pad_id,
+        history = sft_update(rollout_engine.train_model, demos, lr=cfg.sft_lr, epochs=cfg.sft_epochs, pad_token_id=rollout_engine.pad_id,
                              micro_batch_tokens=cfg.sft_batch_tokens, seed=cfg.seed)
         summary["sft"] = {"demonstrations": len(demos), "first_loss": history[0]["loss"], "last_loss": history[-1]["loss"]}
 
-    # 3. collect -> store -> update
+    # 3. collect -> store -> check the behaviour log-probs -> update -> sync the rollout engine
+    rollout_engine.sync(learner)  # the engine starts from the learner's weights (after the warm-up), version 0
     if cfg.eval_before or cfg.iterations == 0:
         evaluate(0)
     with Collector(lambda: make_env(cfg.train_split), ModelActor(policy, agent, sampling), env_id=entry.id,
@@ -146,15 +159,21 @@ def main(cfg: Config) -> dict[str, Any]:
                 "rollout/mean_turns": float(np.mean([ep.turns for ep in episodes])),
                 "rollout/seconds": time.perf_counter() - started,
             }
+            if cfg.rollout.check_every and iteration % cfg.rollout.check_every == 0:  # engine log-probs == learner's?
+                exact = check_behaviour_logprobs(learner, episodes, max_tokens=cfg.rollout.check_tokens,
+                                                 tolerance=cfg.rollout.tolerance, on_mismatch=cfg.rollout.on_mismatch)
+                rollout.update({f"rollout/{k}": v for k, v in exact.items()})
+            rollout_engine.sleep()  # a colocated vLLM engine frees the GPU for the update
             learner.update(episodes)
-            policy.version = learner.step
+            rollout.update(rollout_engine.sync(learner))  # the engine now runs version learner.step
             logger.log(learner.step, {"iteration": iteration, **rollout})
             if iteration % cfg.eval_every == 0 or iteration == cfg.iterations:
                 evaluate(iteration)
 
     # 4. save
     learner.export_pretrained(run_dir / "model")
-    policy.tokenizer.save_pretrained(run_dir / "model")
+    rollout_engine.tokenizer.save_pretrained(run_dir / "model")
+    rollout_engine.close()
     store.close()
     logger.close()
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

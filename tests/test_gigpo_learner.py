@@ -167,7 +167,7 @@ def test_empg_modulates_the_combined_gigpo_advantage():
 
 def test_epo_term_adds_to_the_gigpo_policy_loss():
     episodes = batch_episodes()
-    learner = learner_for(terms=["epo"], lr=1e-3)
+    learner = learner_for(terms=["epo"], lr=1e-3, total_steps=10)
     batch = build_batch(episodes)
     tensors = collate(batch, list(range(len(batch.sequences))), 0, torch.device("cpu"))
     with torch.no_grad():  # the current policy's entropies, before the update changes it

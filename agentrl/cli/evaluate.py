@@ -112,8 +112,9 @@ def run_eval(opts: EvalOptions) -> None:
             raise UserError(f"{entry.id} has no split {split!r}", hint=f"choose one of {', '.join(instance.splits)}")
         panel = instance.task_ids(split)[: opts.episodes]
         if recorder is not None:
-            config = {"agent": agent_name, "model": opts.model, "split": split, "episodes": opts.episodes,
-                      "group_size": opts.group_size, "seed": opts.seed, "env_kwargs": env_kwargs}  # fmt: skip
+            config = {"agent": agent_name, "model": opts.model, "tokenizer": opts.tokenizer, "split": split,
+                      "episodes": opts.episodes, "group_size": opts.group_size, "seed": opts.seed,
+                      "env_kwargs": env_kwargs}  # fmt: skip
             recorder.start(f"eval {agent_name} {entry.id} {split}", env_id=entry.id, config=config)
         planned = len(panel) * opts.group_size
         start = time.perf_counter()

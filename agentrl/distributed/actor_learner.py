@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from agentrl.distributed.weights import WeightPublisher
+from agentrl.distributed.weights import WeightPublisher, publish_weights
 from agentrl.distributed.worker import WorkerSpec
 from agentrl.trajectory import Episode
 
@@ -82,6 +82,7 @@ class ActorLearner:
         poll_interval_s: float = 0.2,
         seed: int = 0,
         on_update: Callable[[dict[str, Any]], None] | None = None,
+        check_batch: Callable[[list[Episode]], dict[str, Any]] | None = None,
     ):
         if workers < 1 or group_size < 1 or groups_per_update < 1 or max_staleness < 0:
             raise ValueError("workers, group_size and groups_per_update must be >= 1 and max_staleness >= 0")
@@ -91,6 +92,7 @@ class ActorLearner:
         self.wait_timeout_s, self.max_worker_restarts = wait_timeout_s, max_worker_restarts
         self.worker_cpus, self.worker_gpus, self.poll_interval_s = worker_cpus, worker_gpus, poll_interval_s
         self.on_update = on_update
+        self.check_batch = check_batch  # before each update: metrics on the batch (token exactness of fresh episodes)
         self.rng = np.random.default_rng(seed)
         self.publisher = WeightPublisher(spec.weights_dir, keep=max_staleness + 1)
         self.actors: list[Any] = []
@@ -290,6 +292,7 @@ class ActorLearner:
                 batch = self._wait_for_batch()
                 waited = time.perf_counter() - started
                 lags = [self.learner.step - ep.policy_version for ep in batch]
+                checked = self.check_batch(batch) if self.check_batch is not None else {}
                 metrics = self.learner.update(batch)
                 publish_weights(self.publisher, self.learner)
                 summary = {
@@ -299,6 +302,7 @@ class ActorLearner:
                     "async/wait_seconds": waited, "async/mean_staleness": float(np.mean(lags)),
                     "async/max_staleness": int(max(lags)), "async/update_seconds": time.perf_counter() - started - waited,
                     **{f"async/{k}": v for k, v in self.stats.items() if k != "last_error"},
+                    **{f"rollout/{k}": v for k, v in checked.items()},
                     "learner": metrics,
                 }  # fmt: skip
                 if self.on_update is not None:
@@ -324,21 +328,3 @@ class ActorLearner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def publish_weights(publisher: WeightPublisher, learner: Any) -> None:
-    """Publish ``learner``'s current policy as version ``learner.step``.
-
-    What a learner must offer (the contract the driver relies on): ``step``, and either
-    ``lora_adapter()`` returning ``(tensors, adapter_config)`` when it trains LoRA adapters (only
-    they are published: a few MB instead of the whole model, and vLLM loads them as they are), or
-    ``full_state_dict()`` (an FSDP learner: the unsharded weights, gathered on rank 0), or ``model``
-    (whose ``state_dict()`` is published).
-    """
-    adapter = learner.lora_adapter() if hasattr(learner, "lora_adapter") else None
-    if adapter is not None:
-        tensors, config = adapter
-        publisher.publish_adapter(tensors, config, learner.step)
-        return
-    full = getattr(learner, "full_state_dict", None)
-    publisher.publish(full() if full is not None else learner.model.state_dict(), learner.step)

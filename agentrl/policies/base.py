@@ -103,6 +103,7 @@ class Capabilities:
     entropies: bool = False  # SamplingParams.return_entropies is honoured
     constrained: bool = False  # generate(..., choices=...) restricts decoding to given completions
     chat_input: bool = False  # takes chat messages (generate_messages) instead of token ids
+    weight_updates: bool = False  # load_published(path, version) makes it run a learner's published version
 
 
 @runtime_checkable

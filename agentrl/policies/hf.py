@@ -104,6 +104,12 @@ class HFPolicy:
         """Take new full weights from a learner; ``version`` (default: +1) is recorded on later rollouts."""
         if self._adapter is not None:
             raise PolicyError("this policy runs LoRA adapters on its base model; load adapters, not full weights")
+        expected = self.model.state_dict()
+        missing, unexpected = sorted(set(expected) - set(state_dict)), sorted(set(state_dict) - set(expected))
+        wrong = [k for k in expected if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
+        if missing or unexpected or wrong:  # checked before any copy: a refused update leaves the old weights whole
+            raise PolicyError(f"weights do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                              f"wrong shape {wrong[:3]}")  # fmt: skip
         self.model.load_state_dict(state_dict, strict=True)
         self.version = self.version + 1 if version is None else int(version)
 
@@ -137,9 +143,20 @@ class HFPolicy:
         self.model.eval()
         self.version = self.version + 1 if version is None else int(version)
 
+    def load_published(self, path: str | os.PathLike[str], version: int | None = None) -> None:
+        """Run the version a learner published in directory ``path`` (:mod:`agentrl.policies.published`):
+        full weights through :meth:`load_weights`, LoRA adapters through :meth:`load_adapter`."""
+        from agentrl.policies.published import read_version
+
+        published = read_version(path, version)
+        if published.is_adapter:
+            self.load_adapter(published.tensors, published.adapter_config, published.version)
+        else:
+            self.load_weights(published.tensors, published.version)
+
     # -- generation -----------------------------------------------------------------------------
 
-    capabilities = Capabilities(entropies=True, constrained=True)
+    capabilities = Capabilities(entropies=True, constrained=True, weight_updates=True)
 
     def generate(
         self,

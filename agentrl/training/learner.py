@@ -190,7 +190,7 @@ class Learner:
             return self._score(self.model, batch)[0]
 
     @torch.no_grad()
-    def _current_scores(self, batch: StepBatch, steps: set[int]) -> dict[int, tuple[list[float], list[float]]]:
+    def score_steps(self, batch: StepBatch, steps: set[int]) -> dict[int, tuple[list[float], list[float]]]:
         """``step -> (logprobs, entropies)`` of its response under the current weights (no gradient)."""
         seqs = sorted({batch.step_seq[i] for i in steps})
         steps_of = batch.seq_steps()
@@ -215,7 +215,7 @@ class Learner:
             i for i in range(batch.n_steps)
             if batch.behaviour_logprobs[i] is not None and any(v != self.step for v, m in zip(batch.versions[i], batch.loss_masks[i], strict=True) if m)
         }  # fmt: skip
-        scores = self._current_scores(batch, missing | stale) if self._any(bool(missing | stale)) else {}
+        scores = self.score_steps(batch, missing | stale) if self._any(bool(missing | stale)) else {}
         for i in missing:
             if batch.behaviour_logprobs[i] is None:
                 batch.behaviour_logprobs[i] = scores[i][0]
