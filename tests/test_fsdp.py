@@ -38,6 +38,7 @@ transformers = pytest.importorskip("transformers")
 from agentrl.distributed.fsdp import split_groups  # noqa: E402
 from agentrl.testing import token_episode  # noqa: E402
 from agentrl.training.config import LearnerConfig, LoRAConfig  # noqa: E402
+from agentrl.training.exactness import behaviour_logprob_gap  # noqa: E402
 from agentrl.training.learner import Learner  # noqa: E402
 from agentrl.trajectory import Episode  # noqa: E402
 
@@ -120,6 +121,7 @@ RANK_SCRIPT = textwrap.dedent('''
     import agentrl.kernels.logprob_entropy as kernel
     import agentrl.training.logprobs as logprobs
     from agentrl.distributed.fsdp import FSDPLearner, RankZeroLearner, follow_updates
+    from agentrl.training.exactness import behaviour_logprob_gap
 
     torch.set_num_threads(1)
     kernel._chunk_len = lambda rows, vocab, chunk_size, device: min(vocab, 64)  # chunks narrower than V
@@ -144,16 +146,22 @@ RANK_SCRIPT = textwrap.dedent('''
         learner = FSDPLearner(model, learner_config(name), pad_token_id=0)
         rows = VocabRows()
         out = {}
+        export = f"{sys.argv[2]}.{name}.export"
         if not tied:  # every rank is given the batch
             with rows:
                 out["metrics"] = [learner.update(episodes) for _ in range(updates)]
             out["state"] = learner.full_state_dict()
             out["adapter"] = learner.lora_adapter()
+            if config.get("lora"):  # merged into a plain model, written by rank 0
+                written = learner.export_pretrained(export, tiny_model(tied) if dist.get_rank() == 0 else None)
+                out["export"] = written and str(written)
         elif dist.get_rank() == 0:  # rank 0 drives and broadcasts, as under the actor-learner
             front = RankZeroLearner(learner)
             with rows:
+                out["gap"] = behaviour_logprob_gap(front, episodes, version=0)  # the token-exactness check
                 out["metrics"] = [front.update(episodes) for _ in range(updates)]
             out["state"] = front.full_state_dict()
+            out["export"] = str(front.export_pretrained(export, tiny_model(tied)))
             front.close()
         else:
             with rows:
@@ -274,6 +282,19 @@ def test_fsdp2_on_two_cpu_processes_matches_the_single_process_update(fsdp_resul
         assert set(tensors) == set(ref_tensors) and config == ref_config
         for key, value in ref_tensors.items():
             torch.testing.assert_close(tensors[key], value, rtol=0, atol=2e-5)
+    if "gap" in got:  # rank 0 scored for the token-exactness check, the other rank lined up its passes
+        fresh = Learner(tiny_model(CASES[name][2]), learner_config(name), pad_token_id=0)
+        expected_gap = behaviour_logprob_gap(fresh, batch(CASES[name][1]), version=0)
+        assert got["gap"]["exact/tokens"] == expected_gap["exact/tokens"] > 0
+        for key in ("exact/max_abs_logp_diff", "exact/mean_abs_logp_diff"):
+            assert got["gap"][key] == pytest.approx(expected_gap[key], rel=1e-5), key
+    if got.get("export") is not None:  # a plain Hugging Face model, LoRA merged, as Learner.export_pretrained
+        exported = transformers.AutoModelForCausalLM.from_pretrained(got["export"]).state_dict()
+        merged = reference.export_pretrained(got["export"] + ".reference")
+        expected_export = transformers.AutoModelForCausalLM.from_pretrained(merged).state_dict()
+        assert set(exported) == set(expected_export)
+        for key, value in expected_export.items():
+            torch.testing.assert_close(exported[key], value, rtol=0, atol=2e-5)
     assert got["vocab_rows"] == 0, got["where"]  # the fused kernel: never [N, V] logits, not even [1, V]
     effect = option_effect(name, reference)
     print(json.dumps({"case": name, **worst, "effect": effect, "vocab_rows": got["vocab_rows"], "where": got["where"]}))

@@ -43,6 +43,8 @@ The global gradient norm for clipping comes from DTensor reductions across ranks
 from __future__ import annotations
 
 import copy
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -247,12 +249,39 @@ class FSDPLearner:
         self.learner.dropped_global = len(episodes) - len(usable)
         return self.learner.update([episodes[usable[k]] for k in mine])
 
+    def score_steps(self, batch: StepBatch, steps: set[int]) -> dict[int, tuple[list[float], list[float]]]:
+        """:meth:`Learner.score_steps` with the sharded model: a collective, every rank calls it (a rank
+        may ask for no step: it runs the passes that line the gathers up and gets ``{}``)."""
+        return self.learner.score_steps(batch, steps)
+
     def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """The unsharded weights on CPU on rank 0, ``{}`` on the others (a collective: call on every rank)."""
+        """The unsharded weights on CPU on rank 0, ``{}`` on the others (a collective: call on every rank).
+
+        Under LoRA the keys are the peft model's (base weights and adapters, unmerged).
+        """
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return get_model_state_dict(self.model, options=options)
+
+    def export_pretrained(self, path: str | os.PathLike[str], base: nn.Module | None) -> Path | None:
+        """:meth:`Learner.export_pretrained` (a plain Hugging Face model, LoRA merged), written by rank 0.
+
+        A collective: call it on every rank. ``base`` is an unsharded model of the initial policy's
+        architecture on rank 0 (its weights are overwritten; ``None`` on the other ranks). Returns
+        ``path`` on rank 0, ``None`` elsewhere.
+        """
+        state = self.full_state_dict()
+        if self.rank != 0:
+            return None
+        if base is None:
+            raise ValueError("export_pretrained needs the unsharded base model on rank 0")
+        model = _apply_lora(base, self.config.lora) if self.config.lora is not None else base
+        model.load_state_dict(state)  # strict: every key of the sharded model, no other
+        if self.config.lora is not None:
+            model = model.merge_and_unload()
+        model.save_pretrained(str(path))
+        return Path(path)
 
     def lora_adapter(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         """:meth:`Learner.lora_adapter` with the adapters gathered: on rank 0; ``({}, config)`` on the others.
@@ -274,7 +303,8 @@ class RankZeroLearner:
     """Rank 0's face of an :class:`FSDPLearner`: broadcasts each batch to the other ranks, then updates.
 
     The actor-learner driver runs on rank 0 only and talks to this object like a plain learner
-    (``update``, ``step``, ``model``, ``full_state_dict``, ``lora_adapter``); ranks 1..N-1 run
+    (``update``, ``step``, ``model``, ``score_steps``, ``full_state_dict``, ``lora_adapter``,
+    ``export_pretrained``); ranks 1..N-1 run
     :func:`follow_updates`. :meth:`close` releases the followers.
     """
 
@@ -295,11 +325,27 @@ class RankZeroLearner:
         dist.broadcast_object_list([("update", episodes)], src=0)
         return self.learner.update(episodes)
 
+    def score_steps(self, batch: StepBatch, steps: set[int]) -> dict[int, tuple[list[float], list[float]]]:
+        """Rank 0 scores ``steps`` of ``batch`` (the token-exactness check); the others run lined-up passes."""
+        import torch.distributed as dist
+
+        dist.broadcast_object_list([("score", batch)], src=0)
+        return self.learner.score_steps(batch, steps)
+
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         import torch.distributed as dist
 
         dist.broadcast_object_list([("state", None)], src=0)
         return self.learner.full_state_dict()
+
+    def export_pretrained(self, path: str | os.PathLike[str], base: nn.Module) -> Path:
+        """:meth:`FSDPLearner.export_pretrained` from rank 0 (``base``: an unsharded model to write into)."""
+        import torch.distributed as dist
+
+        dist.broadcast_object_list([("state", None)], src=0)  # the followers join the gather
+        written = self.learner.export_pretrained(path, base)
+        assert written is not None
+        return written
 
     def lora_adapter(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         import torch.distributed as dist
@@ -331,6 +377,8 @@ def follow_updates(learner: FSDPLearner) -> int:
             done += 1
         elif kind == "state":
             learner.full_state_dict()
+        elif kind == "score":
+            learner.score_steps(payload, set())
         elif kind == "adapter":
             learner.lora_adapter()
         else:
