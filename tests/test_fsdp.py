@@ -9,7 +9,9 @@ EMPG, duration weights, Clip-Cov, KL-Cov, KL, EPO, the entropy bonus, mini-batch
 one trajectory each, so one rank sits every step out), small micro-batches (uneven counts per
 rank), LoRA with KL to the adapter-free base, constrained decoding's allowed sets, stale data
 (decoupled PPO) and a tied head driven from rank 0 as the actor-learner does. The batch's data is
-sampled by policy version 0: the first update is on-policy, the second stale.
+sampled by policy version 0: the first update is on-policy, the second stale. The rank-0 case also
+runs the token-exactness check through the front (rank 0 scores, the other rank lines up its passes)
+and writes the final model; the LoRA case writes it merged: both equal the single process's.
 
 Every case records the shape of every tensor any op creates (a ``TorchDispatchMode``) and reports
 the most rows of any tensor whose last dimension is the vocabulary: the fused kernel works in
