@@ -1,17 +1,17 @@
 """The FSDP2 learner on two CPU processes (gloo, launched by torchrun) equals the single-process update.
 
-One torchrun launch runs every case in turn: the same tiny Qwen2 and the same batch (4 GRPO groups
-of 2 multi-turn episodes with uneven lengths, behaviour log-probs that make the PPO clip active,
-measured durations), two updates with the FSDP2 learner (each rank scores two groups, weights and
-AdamW state sharded) and with the plain :class:`Learner`: the weights (or LoRA adapters), gradient
-norms and the whole-batch metrics must agree. A case per algorithm and option: GRPO, Dr.GRPO, GiGPO,
-EMPG, duration weights, Clip-Cov, KL-Cov, KL, EPO, the entropy bonus, mini-batches (2, and 8 =
-one trajectory each, so one rank sits every step out), small micro-batches (uneven counts per
-rank), LoRA with KL to the adapter-free base, constrained decoding's allowed sets, stale data
+One torchrun launch runs every case in turn: the same tiny Qwen2 and the same batch (4 GRPO groups of 2
+multi-turn episodes with uneven lengths, behaviour log-probs that make the PPO clip active, measured
+durations), two updates with the FSDP2 learner (each rank scores two groups, weights and AdamW state
+sharded) and with the plain :class:`Learner`: the weights (or LoRA adapters), gradient norms and the
+whole-batch metrics must agree. A case per algorithm and option: GRPO, Dr.GRPO, GiGPO, EMPG, duration
+weights, Clip-Cov, KL-Cov, KL, EPO, the entropy bonus, mini-batches (2, and 8 = one trajectory each, so
+one rank sits every step out), two epochs with gradient checkpointing, small micro-batches (uneven
+counts per rank), LoRA with KL to the adapter-free base, constrained decoding's allowed sets, stale data
 (decoupled PPO) and a tied head driven from rank 0 as the actor-learner does. The batch's data is
-sampled by policy version 0: the first update is on-policy, the second stale. The rank-0 case also
-runs the token-exactness check through the front (rank 0 scores, the other rank lines up its passes)
-and writes the final model; the LoRA case writes it merged: both equal the single process's.
+sampled by policy version 0: the first update is on-policy, the second stale. The rank-0 case also runs
+the token-exactness check through the front (rank 0 scores, the other rank lines up its passes) and
+writes the final model; the LoRA case writes it merged: both equal the single process's.
 
 Every case records the shape of every tensor any op creates (a ``TorchDispatchMode``) and reports
 the most rows of any tensor whose last dimension is the vocabulary: the fused kernel works in
@@ -61,6 +61,7 @@ CASES = {
     "entropy_seq_mean": ({"terms": ["entropy"], "options": {"entropy": {"coef": 0.05}}, "agg": "seq-mean-token-mean"}, "fresh", False),
     "mini_batches_2": ({"mini_batches": 2}, "fresh", False),
     "mini_batches_8": ({"mini_batches": 8}, "fresh", False),
+    "epochs_2_checkpointing": ({"epochs": 2, "mini_batches": 2, "gradient_checkpointing": True}, "fresh", False),
     "micro_batches_kl_cov_kl": ({"micro_batch_tokens": 40, "policy_loss": "kl_cov", "terms": ["kl"],
                                  "options": {"kl_cov": {"k_ratio": 0.1}, "kl": {"coef": 1.0}}}, "fresh", False),
     "lora_kl": ({"lora": LORA, "lr": 1e-2, "terms": ["kl"], "options": {"kl": {"coef": 1.0}}}, "fresh", False),
