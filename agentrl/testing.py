@@ -168,7 +168,7 @@ def token_episode(
 
     Each turn is a dict with ``prompt`` and ``response`` ids and optionally ``reward``,
     ``loss_mask``, ``logprobs``, ``entropies``, ``version``, ``env_seconds``, ``observation``,
-    ``action``. In the concat layout a turn whose prompt extends the open transcript appends to it
+    ``action`` and ``allowed`` (constrained decoding's allowed ids per response token, ``None`` where free). In the concat layout a turn whose prompt extends the open transcript appends to it
     (only the new prompt ids, then the response); any other turn, and every turn with
     ``layout="per_step"``, starts a new transcript. For synthetic batches in tests and benchmarks.
     """
@@ -189,7 +189,7 @@ def token_episode(
         current.append_prompt(prompt[len(current.ids) :], index)
         current.append_sampled(
             t["response"], index, logprobs=t.get("logprobs"), entropies=t.get("entropies"),
-            loss_mask=t.get("loss_mask"), version=t.get("version"),
+            loss_mask=t.get("loss_mask"), version=t.get("version"), allowed=t.get("allowed"),
         )  # fmt: skip
     return Episode(env_id=env_id, task_id=task_id, group_id=group_id, steps=steps, transcripts=transcripts, **fields)
 

@@ -167,7 +167,7 @@ def main(cfg: Config) -> dict[str, Any]:
 
     def check_batch(batch: list) -> dict[str, Any]:  # fresh episodes' engine log-probs == the learner's?
         rollout = cfg.rollout
-        if world > 1 or not rollout.check_every or learner.step % rollout.check_every:
+        if not rollout.check_every or learner.step % rollout.check_every:
             return {}
         return check_behaviour_logprobs(learner, batch, max_tokens=rollout.check_tokens, tolerance=rollout.tolerance,
                                         on_mismatch=rollout.on_mismatch)  # fmt: skip
@@ -196,9 +196,8 @@ def main(cfg: Config) -> dict[str, Any]:
         if world > 1:
             from transformers import AutoModelForCausalLM
 
-            final = load_pretrained(AutoModelForCausalLM, cfg.model, revision=revision)
-            final.load_state_dict(learner.full_state_dict())
-            final.save_pretrained(run_dir / "model")
+            base = load_pretrained(AutoModelForCausalLM, cfg.model, revision=revision)
+            learner.export_pretrained(run_dir / "model", base)  # gathered on rank 0, LoRA merged
         else:
             learner.export_pretrained(run_dir / "model")
         tokenizer.save_pretrained(run_dir / "model")

@@ -22,16 +22,49 @@ import torch
 
 from agentrl.algorithms._common import masked_mean
 from agentrl.algorithms.ppo import _token_advantages, aggregate, clip_token_loss
-from agentrl.algorithms.registry import PolicyLoss, Tokens, register
+from agentrl.algorithms.registry import PolicyLoss, Reduce, Tokens, register
 
 
 @torch.no_grad()
-def token_covariance(logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``Cov_i`` per token ``[S, L]`` (0 at masked positions); ``advantages`` ``[S]`` or ``[S, L]``."""
+def token_covariance(
+    logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, reduce: Reduce | None = None
+) -> torch.Tensor:
+    """``Cov_i`` per token ``[S, L]`` (0 at masked positions); ``advantages`` ``[S]`` or ``[S, L]``.
+
+    The means are over every unmasked token of the batch: with ``reduce``, of all ranks' shards.
+    """
     adv = _token_advantages(advantages, logp).to(logp.dtype)
-    centred_logp = logp - masked_mean(logp, mask)
-    centred_adv = adv - masked_mean(adv, mask)
+    mean = masked_mean if reduce is None else (lambda values, m: _global_mean(values, m, reduce))
+    centred_logp = logp - mean(logp, mask)
+    centred_adv = adv - mean(adv, mask)
     return torch.where(mask.to(torch.bool), centred_logp * centred_adv, torch.zeros_like(logp))
+
+
+def _global_mean(values: torch.Tensor, mask: torch.Tensor, reduce: Reduce) -> torch.Tensor:
+    """:func:`masked_mean` over every rank's unmasked entries (the same operations in one process)."""
+    mask = mask.to(torch.bool)
+    total = reduce.sum(torch.where(mask, values, torch.zeros_like(values)).sum())
+    return total / reduce.sum(mask.sum()).clamp(min=1)
+
+
+def _ranked(keys: list[torch.Tensor]) -> torch.Tensor:
+    """The order (indices) that sorts rows by ``keys[0]``, then ``keys[1]``, ...: a stable lexicographic sort."""
+    order = torch.arange(len(keys[0]))
+    for key in reversed(keys):
+        order = order[torch.argsort(key[order], stable=True)]
+    return order
+
+
+def _mark(selection: torch.Tensor, row_ids: torch.Tensor, chosen: torch.Tensor, chosen_cols: torch.Tensor, value: float) -> None:
+    """Set ``selection[row, col] = value`` for each chosen ``(id, col)`` whose row is in this shard."""
+    row_of = {ident: row for row, ident in enumerate(row_ids.tolist())}
+    for ident, col in zip(chosen.tolist(), chosen_cols.tolist(), strict=True):
+        if ident in row_of:
+            selection[row_of[ident], col] = value
+
+
+def _row_ids(row_ids: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.arange(like.shape[0]) if row_ids is None else torch.as_tensor(row_ids, dtype=torch.long).cpu()
 
 
 @torch.no_grad()
@@ -46,21 +79,36 @@ def clip_cov_keep(
     eps_low: float = 0.2,
     eps_high: float = 0.2,
     generator: torch.Generator | None = None,
+    *,
+    row_ids: torch.Tensor | None = None,
+    reduce: Reduce | None = None,
 ) -> torch.Tensor:
     """Clip-Cov's selection ``[S, L]``: 0 for the random few mid-covariance tokens whose gradient is
-    dropped (among those PPO's own clip left alone), 1 elsewhere; over every unmasked token given."""
+    dropped (among those PPO's own clip left alone), 1 elsewhere; over every unmasked token given.
+
+    The random choice permutes the candidates in the order of ``(row_ids[row], position)`` (default:
+    row-major), so it does not depend on how rows are arranged. With ``reduce`` the candidates,
+    token count and means are those of every rank's shard together: each rank gets its part of the
+    selection one process would make (same ``generator`` state on every rank, same draw).
+    """
     adv = _token_advantages(advantages, logp)
     ratio = torch.exp(logp - old_logp)
     ppo_clipped = ((adv > 0) & (ratio > 1 + eps_high)) | ((adv < 0) & (ratio < 1 - eps_low))
-    cov = token_covariance(logp, advantages, mask)
+    cov = token_covariance(logp, advantages, mask, reduce)
     valid = mask.to(torch.bool)
-    candidates = torch.nonzero(valid & ~ppo_clipped & (cov > cov_low) & (cov < cov_high))  # [C, 2]
-    n_clip = max(int(clip_ratio * valid.sum().item()), 1)
+    row_ids = _row_ids(row_ids, logp)
+    rows, cols = torch.nonzero(valid & ~ppo_clipped & (cov > cov_low) & (cov < cov_high)).cpu().unbind(-1)  # [C]
+    ids = row_ids[rows]
+    n_valid = valid.sum() if reduce is None else reduce.sum(valid.sum())
+    n_clip = max(int(clip_ratio * n_valid.item()), 1)
     keep = torch.ones_like(logp)
-    if len(candidates):
-        order = torch.randperm(len(candidates), generator=generator).to(candidates.device)
-        chosen = candidates[order[:n_clip]]
-        keep[chosen[:, 0], chosen[:, 1]] = 0.0
+    if reduce is not None:  # every rank's candidates
+        ids, cols = reduce.cat(ids), reduce.cat(cols)
+    if len(ids):
+        ranked = _ranked([ids, cols])
+        order = torch.randperm(len(ranked), generator=generator)
+        chosen = ranked[order[:n_clip]]
+        _mark(keep, row_ids, ids[chosen], cols[chosen], 0.0)
     return keep
 
 
@@ -102,15 +150,32 @@ def clip_cov_loss(
 
 
 @torch.no_grad()
-def kl_cov_penalised(logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, k_ratio: float = 2e-3) -> torch.Tensor:
-    """KL-Cov's selection ``[S, L]``: 1 on the ``max(1, int(k * N))`` unmasked tokens of largest covariance."""
+def kl_cov_penalised(
+    logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    k_ratio: float = 2e-3,
+    *,
+    row_ids: torch.Tensor | None = None,
+    reduce: Reduce | None = None,
+) -> torch.Tensor:
+    """KL-Cov's selection ``[S, L]``: 1 on the ``max(1, int(k * N))`` unmasked tokens of largest covariance.
+
+    Equal covariances are ranked by ``(row_ids[row], position)`` (default: row-major). With ``reduce``
+    the ranking is over every rank's tokens together, and each rank gets its part of the top ``k``.
+    """
     valid = mask.to(torch.bool)
     penalty = torch.zeros_like(logp)
-    n_valid = int(valid.sum().item())
+    n_valid = int((valid.sum() if reduce is None else reduce.sum(valid.sum())).item())
     if n_valid:
-        cov = token_covariance(logp, advantages, mask).masked_fill(~valid, -torch.inf).reshape(-1)
-        top = torch.topk(cov, max(1, int(n_valid * k_ratio))).indices  # flat indices of the top tokens
-        penalty.view(-1)[top] = 1.0
+        cov = token_covariance(logp, advantages, mask, reduce)
+        row_ids = _row_ids(row_ids, logp)
+        rows, cols = torch.nonzero(valid).cpu().unbind(-1)  # [N_rank], row-major
+        ids, values = row_ids[rows], cov[valid].cpu()
+        if reduce is not None:  # every rank's tokens
+            ids, cols, values = reduce.cat(ids), reduce.cat(cols), reduce.cat(values)
+        top = _ranked([-values, ids, cols])[: max(1, int(n_valid * k_ratio))]
+        _mark(penalty, row_ids, ids[top], cols[top], 1.0)
     return penalty
 
 
@@ -164,6 +229,7 @@ class ClipCov(PolicyLoss):
         keep = clip_cov_keep(
             minibatch.logp, minibatch.old_logp, minibatch.advantages, minibatch.mask, c.clip_ratio, c.cov_low,
             c.cov_high, minibatch.eps_low, minibatch.eps_high, minibatch.generator,
+            row_ids=torch.tensor(minibatch.steps, dtype=torch.long), reduce=minibatch.reduce,
         )  # fmt: skip
         self._selected = _by_step(minibatch, keep)
 
@@ -186,7 +252,11 @@ class KLCov(PolicyLoss):
     needs_minibatch = True
 
     def prepare(self, minibatch: Tokens) -> None:
-        self._selected = _by_step(minibatch, kl_cov_penalised(minibatch.logp, minibatch.advantages, minibatch.mask, self.config.k_ratio))
+        penalised = kl_cov_penalised(
+            minibatch.logp, minibatch.advantages, minibatch.mask, self.config.k_ratio,
+            row_ids=torch.tensor(minibatch.steps, dtype=torch.long), reduce=minibatch.reduce,
+        )  # fmt: skip
+        self._selected = _by_step(minibatch, penalised)
 
     def __call__(self, tokens: Tokens) -> torch.Tensor:
         c = self.config
@@ -204,4 +274,6 @@ def _rows(selected: dict[int, torch.Tensor], tokens: Tokens) -> torch.Tensor:
     """The rows of a mini-batch selection for this micro-batch's steps, ``[n, R]``."""
     assert tokens.steps is not None
     width = tokens.mask.shape[1]
+    if not tokens.steps:  # a pass with no rows (a rank lining up its collectives)
+        return tokens.mask.new_zeros(tokens.mask.shape)
     return torch.stack([selected[step][:width] for step in tokens.steps])

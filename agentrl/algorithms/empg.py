@@ -66,14 +66,15 @@ def modulate_advantages(
     codes, _ = as_codes(traj_ids, device=step_advantages.device)
     if codes.numel() != step_advantages.numel():
         raise ValueError(f"{step_advantages.numel()} steps but {codes.numel()} trajectory ids")
-    if codes.numel() == 0:
-        return step_advantages.clone()
     check_contiguous(codes)
     dtype = torch.promote_types(step_advantages.dtype, torch.float32)
     adv = step_advantages.to(dtype)
     entropy = step_entropy.detach().to(dtype)
 
-    low, high = reduce.min(entropy.min()), reduce.max(entropy.max())
+    # A shard without steps still takes part in every reduction (the other ranks wait for it).
+    empty = entropy.numel() == 0
+    low = reduce.min(entropy.new_tensor(torch.inf) if empty else entropy.min())
+    high = reduce.max(entropy.new_tensor(-torch.inf) if empty else entropy.max())
     normalised = (entropy - low) / (high - low + ENTROPY_RANGE_EPS)  # H~ [S]
     g = torch.exp(-k * normalised)
     g = g / reduce.mean(g)  # [S], batch mean 1

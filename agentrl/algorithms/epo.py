@@ -24,20 +24,22 @@ from typing import Any
 import torch
 
 from agentrl.algorithms._common import IdsLike, as_codes, row_mean
-from agentrl.algorithms.registry import LossTerm, Tokens, register
+from agentrl.algorithms.registry import LossTerm, Reduce, Tokens, register
 
 
-def turn_weights(mask: torch.Tensor, traj_ids: IdsLike) -> torch.Tensor:
+def turn_weights(mask: torch.Tensor, traj_ids: IdsLike, reduce: Reduce | None = None) -> torch.Tensor:
     """Weight of each turn in the nested mean: ``1 / (n_traj * n_turns(traj))``, ``[S]``.
 
     Turns with no trainable token get 0 and do not count as turns; a trajectory with none does not
     count as a trajectory. ``sum(w * turn_mean)`` is then the mean over trajectories of the mean
     over turns, and the learner can sum it across micro-batches using weights from the full batch.
+    With ``reduce``, ``n_traj`` counts the trajectories of every rank (a rank holds whole ones).
     """
     codes, n = as_codes(traj_ids, device=mask.device)
     valid = mask.to(torch.bool).any(-1).to(torch.float64)  # [S]
     turns = torch.zeros(n, dtype=torch.float64, device=mask.device).index_add_(0, codes, valid)  # [T]
-    n_traj = (turns > 0).sum().clamp(min=1)
+    n_traj = (turns > 0).sum()
+    n_traj = (n_traj if reduce is None else reduce.sum(n_traj)).clamp(min=1)
     w = valid / (turns[codes].clamp(min=1) * n_traj)
     return w.to(torch.float32)
 

@@ -20,7 +20,8 @@ the entry-point group ``agentrl.algorithms`` (a callable that imports the plug-i
 Whole-batch statistics: a data-parallel learner gives each rank a shard of the batch (whole GRPO
 groups), so anything a plug-in computes over the batch (a min, a mean, a count) must go through the
 :class:`Reduce` it is given: ``reduce.sum(x)`` is the sum over ranks of each rank's local ``x``
-(the identity in one process). Every rank calls the same reductions in the same order.
+(the identity in one process), ``reduce.cat(x)`` every rank's ``x`` concatenated. Every rank calls
+the same reductions in the same order, also a rank whose shard holds no row for the statistic.
 """
 
 from __future__ import annotations
@@ -64,6 +65,13 @@ class Reduce:
         count = self.sum(torch.tensor(float(values.numel()), dtype=values.dtype, device=values.device))
         return total / count
 
+    def cat(self, x: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``x`` concatenated along dim 0, in rank order (sizes may differ); in one process ``x``.
+
+        For selections over the whole batch that a sum cannot express (a top-k, a random choice).
+        """
+        return x
+
 
 @dataclass
 class Steps:
@@ -95,6 +103,10 @@ class Tokens:
     ``aggregate(values)`` reduces a ``[n, R]`` token quantity the way the learner's policy loss is
     aggregated, already scaled so that summing over micro-batches gives the mini-batch value;
     ``nested_mean(values)`` is EPO's mean over trajectories of the mean over turns, likewise.
+    ``steps`` identify rows across micro-batches (in one process, the batch's step index; over ranks,
+    an id in the same order as the whole batch's steps), so a selection made in
+    :meth:`PolicyLoss.prepare` can be read back per micro-batch and ordered the same way on any
+    number of ranks.
     """
 
     logp: torch.Tensor  # [n, R] current log-probs (with gradient)
@@ -109,7 +121,8 @@ class Tokens:
     reference_logp: Callable[[], torch.Tensor]  # [n, R] under the frozen reference policy (computed on demand)
     generator: torch.Generator | None = None
     behaviour_weight: torch.Tensor | None = None  # [n, R] min(pi_prox / pi_behaviour, cap): 1 on fresh tokens
-    steps: list[int] | None = None  # [n] the batch's step index of each row
+    steps: list[int] | None = None  # [n] each row's step id: unique in the batch, ordered as the batch's steps
+    reduce: Reduce | None = None  # whole-mini-batch reductions across ranks (for PolicyLoss.prepare)
 
 
 class Plugin(abc.ABC):
@@ -156,7 +169,9 @@ class PolicyLoss(Plugin):
 
     ``needs_minibatch``: the loss selects tokens over the whole mini-batch (Clip-Cov, KL-Cov); the
     learner calls :meth:`prepare` with the mini-batch (no gradient) before its micro-batches, so the
-    selection does not depend on how the mini-batch is split.
+    selection does not depend on how the mini-batch is split. On a data-parallel learner each rank's
+    ``prepare`` sees its shard of the mini-batch: statistics and selections over the whole mini-batch
+    go through ``minibatch.reduce`` (``sum``/``cat``), and every rank calls the same reductions.
     """
 
     kind = "policy_loss"

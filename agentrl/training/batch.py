@@ -107,6 +107,11 @@ def sampling_temperature(sampling: dict | None, where: str) -> float:
     return temperature
 
 
+def trainable_episode(episode: Episode) -> bool:
+    """Whether :func:`build_batch` keeps ``episode``: no ``error`` and at least one sampled token."""
+    return episode.error is None and any(any(t.sampled) for t in episode.transcripts)
+
+
 def build_batch(episodes: Sequence[Episode]) -> StepBatch:
     """The transcripts of ``episodes`` as sequences and steps, checking every transcript's fields.
 
@@ -121,7 +126,7 @@ def build_batch(episodes: Sequence[Episode]) -> StepBatch:
     returns: list[float] = []
     for e_index, episode in enumerate(episodes):
         where = f"episode #{e_index} ({episode.env_id} task {episode.task_id!r})"
-        if episode.error is not None or not any(any(t.sampled) for t in episode.transcripts):
+        if not trainable_episode(episode):
             batch.dropped_episodes += 1
             continue
         t = len(returns)

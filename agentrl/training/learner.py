@@ -96,7 +96,12 @@ class Learner:
 
     Build it from the *initial* policy (also when resuming: the KL reference is a frozen copy of the
     model given here, or the base model with adapters off under LoRA), then :meth:`load_checkpoint`.
-    ``reduce`` takes whole-batch statistics across the ranks of a data-parallel learner.
+    ``reduce`` takes whole-batch statistics across the ranks of a data-parallel learner; with it,
+    every normaliser of the loss (trained tokens and rows, EPO's trajectory count, the batch entropy)
+    is the whole batch's, and every rank runs the same forward and backward passes (a rank with
+    fewer micro-batches runs passes without rows), as a sharded model's collectives need.
+    ``reference`` is the frozen KL reference when the caller made it (a sharded copy); under LoRA
+    ``model`` may already be a peft model (adapters applied before sharding).
     """
 
     def __init__(
@@ -108,6 +113,7 @@ class Learner:
         logger: MetricsLogger | None = None,
         device: torch.device | str | None = None,
         reduce: Reduce | None = None,
+        reference: nn.Module | None = None,
     ) -> None:
         self.config = cfg = config or LearnerConfig()
         cfg.validate()
@@ -121,7 +127,7 @@ class Learner:
                 )
         self.reduce = reduce or Reduce()
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        if cfg.lora is not None:
+        if cfg.lora is not None and not hasattr(model, "peft_config"):  # a peft model already has its adapters
             model = _apply_lora(model, cfg.lora)
         if cfg.gradient_checkpointing:
             enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5 name
@@ -131,7 +137,8 @@ class Learner:
         self.model = model.to(self.device)
         self.reference: nn.Module | None = None
         if any(term.needs_reference for term in self.terms) and cfg.lora is None:
-            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self.reference = reference if reference is not None else copy.deepcopy(self.model)
+            self.reference.eval().requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = build_optimizer(
             self.params,
@@ -148,6 +155,7 @@ class Learner:
         self.skipped_steps = 0
         self._warned_past_schedule = False
         self._proximal: list[list[float]] = []
+        self._step_ids: list[int] = []
         self.generator = torch.Generator().manual_seed(cfg.seed)
 
     def _plugins(self) -> dict[str, Plugin]:
@@ -187,8 +195,8 @@ class Learner:
         seqs = sorted({batch.step_seq[i] for i in steps})
         steps_of = batch.seq_steps()
         out: dict[int, tuple[list[float], list[float]]] = {}
-        for mb in micro_batches(batch.seq_lengths(), seqs, self.config.micro_batch_tokens):
-            tensors = collate(batch, mb, self.pad_token_id, self.device, steps_of)
+        for mb in self._lined_up(micro_batches(batch.seq_lengths(), seqs, self.config.micro_batch_tokens)):
+            tensors = self._collate(batch, mb, steps_of)
             logp, ent = self._score(self.model, tensors)
             seq, pos = tensors["step_seq"], tensors["step_pos"]
             logp, ent = logp[seq, pos], ent[seq, pos]  # [n, R]
@@ -207,7 +215,7 @@ class Learner:
             i for i in range(batch.n_steps)
             if batch.behaviour_logprobs[i] is not None and any(v != self.step for v, m in zip(batch.versions[i], batch.loss_masks[i], strict=True) if m)
         }  # fmt: skip
-        scores = self.score_steps(batch, missing | stale) if missing | stale else {}
+        scores = self.score_steps(batch, missing | stale) if self._any(bool(missing | stale)) else {}
         for i in missing:
             if batch.behaviour_logprobs[i] is None:
                 batch.behaviour_logprobs[i] = scores[i][0]
@@ -264,19 +272,10 @@ class Learner:
         cfg = self.config
         started = time.perf_counter()
         batch = build_batch(episodes)
+        self._step_ids = self._batch_step_ids(batch)
         prepared = self._prepare(batch)
         step_adv = self.advantages(batch)
-        batch_stats = {
-            **prepared,
-            "episodes": batch.n_trajectories,
-            "dropped_episodes": batch.dropped_episodes,
-            "return_mean": batch.returns.mean().item(),
-            "success_rate": sum(batch.won) / batch.n_trajectories,
-            "adv_mean": step_adv.mean().item(),
-            "adv_std": step_adv.std().item() if step_adv.numel() > 1 else 0.0,
-            "adv_min": step_adv.min().item(),
-            "adv_max": step_adv.max().item(),
-        }
+        batch_stats = self._batch_stats(batch, step_adv, prepared)
         results = []
         for _ in range(cfg.epochs):
             for seqs in self._split(batch):
@@ -289,6 +288,52 @@ class Learner:
                     self.logger.log(self.step, metrics)
                 results.append(metrics)
         return results
+
+    def _batch_stats(self, batch: StepBatch, step_adv: torch.Tensor, prepared: dict[str, Any]) -> dict[str, Any]:
+        """The batch's statistics for the metrics (a data-parallel learner takes them over all ranks)."""
+        return {
+            **prepared,
+            "episodes": batch.n_trajectories,
+            "dropped_episodes": batch.dropped_episodes,
+            "return_mean": batch.returns.mean().item(),
+            "success_rate": sum(batch.won) / batch.n_trajectories,
+            "adv_mean": step_adv.mean().item(),
+            "adv_std": step_adv.std().item() if step_adv.numel() > 1 else 0.0,
+            "adv_min": step_adv.min().item(),
+            "adv_max": step_adv.max().item(),
+        }
+
+    def _batch_step_ids(self, batch: StepBatch) -> list[int]:
+        """Each step's id in :class:`Tokens` (``steps``): here its index (a sharded learner: the whole batch's order)."""
+        return list(range(batch.n_steps))
+
+    # ------------------------------------------------------------------ lining up ranks (identity in one process)
+
+    def _any(self, flag: bool) -> bool:
+        """``flag`` on any rank."""
+        return bool(self.reduce.max(torch.tensor(int(flag))).item())
+
+    def _count(self, n: int) -> int:
+        """``n`` summed over the ranks."""
+        return int(self.reduce.sum(torch.tensor(n, dtype=torch.long)).item())
+
+    def _lined_up(self, micro: list[list[int]]) -> list[list[int] | None]:
+        """``micro`` padded with ``None`` (a pass without rows) to the most micro-batches any rank has."""
+        passes = int(self.reduce.max(torch.tensor(len(micro))).item())
+        return [*micro, *[None] * (passes - len(micro))]
+
+    def _collate(self, batch: StepBatch, mb: list[int] | None, steps_of: list[list[int]]) -> dict[str, Any]:
+        """:func:`collate`, or for ``None`` one pad token scoring one target and no rows: a pass that runs
+        every module (so a sharded model's gathers and gradient reductions line up) and moves no weight."""
+        if mb is not None:
+            return collate(batch, mb, self.pad_token_id, self.device, steps_of)
+        one = torch.full((1, 1), self.pad_token_id, dtype=torch.long, device=self.device)
+        no_rows = torch.zeros((0, 1), device=self.device)
+        return {
+            "input_ids": one, "attention_mask": torch.ones_like(one), "targets": one.clone(),
+            "temperature": torch.ones(1, device=self.device), "allowed": None, "steps": [],
+            "step_seq": no_rows.long(), "step_pos": no_rows.long(), "mask": no_rows, "old_logp": no_rows.clone(),
+        }  # fmt: skip
 
     def _split(self, batch: StepBatch) -> list[list[int]]:
         """Sequence indices of each mini-batch: whole trajectories, shuffled by the learner's generator."""
@@ -316,7 +361,7 @@ class Learner:
             eps_high=cfg.eps_high, aggregate=lambda values: ppo.aggregate(values, mask, cfg.agg) * scale,
             nested_mean=lambda values: epo.weighted_turn_mean(values, mask, turn_w),
             reference_logp=lambda: self._reference_logp(tensors)[seq, pos], generator=self.generator,
-            behaviour_weight=weight, steps=steps,
+            behaviour_weight=weight, steps=[self._step_ids[i] for i in steps], reduce=self.reduce,
         )  # fmt: skip
 
     @torch.no_grad()
@@ -326,8 +371,8 @@ class Learner:
     ) -> Tokens:
         """The whole mini-batch as one :class:`Tokens` (no gradient), for plug-ins that select over it."""
         parts: list[Tokens] = []
-        for mb in micro:
-            tensors = collate(batch, mb, self.pad_token_id, self.device, steps_of)
+        for mb in self._lined_up(micro):
+            tensors = self._collate(batch, mb, steps_of)
             logp, ent = self._score(self.model, tensors)
             seq, pos = tensors["step_seq"], tensors["step_pos"]
             turn_w = torch.tensor([weights[i] for i in tensors["steps"]], device=self.device)
@@ -344,6 +389,7 @@ class Learner:
             eps_high=self.config.eps_high, aggregate=lambda values: ppo.aggregate(values, mask, self.config.agg),
             nested_mean=lambda values: values.new_zeros(()), reference_logp=lambda: mask.new_zeros(mask.shape),
             generator=self.generator, behaviour_weight=cat("behaviour_weight"), steps=[i for t in parts for i in t.steps],
+            reduce=self.reduce,
         )  # fmt: skip
 
     def _micro_batch_loss(
@@ -382,11 +428,11 @@ class Learner:
         steps_of = batch.seq_steps()
         indices = [i for q in seqs for i in steps_of[q]]  # the mini-batch's steps
         tokens = batch.step_tokens()
-        total_tokens = sum(tokens[i] for i in indices)
-        total_rows = sum(1 for i in indices if tokens[i] > 0)
-        has_tokens = torch.tensor([[tokens[i] > 0] for i in indices])
+        total_tokens = self._count(sum(tokens[i] for i in indices))  # the whole mini-batch's (all ranks)
+        total_rows = self._count(sum(1 for i in indices if tokens[i] > 0))
+        has_tokens = torch.tensor([[tokens[i] > 0] for i in indices], dtype=torch.bool).reshape(len(indices), 1)
         weights = dict(
-            zip(indices, epo.turn_weights(has_tokens, batch.traj_index[indices]).tolist(), strict=True)
+            zip(indices, epo.turn_weights(has_tokens, batch.traj_index[indices], self.reduce).tolist(), strict=True)
         )
         for term in self.terms:
             term.start_step(self.step, cfg.total_steps)
@@ -398,8 +444,8 @@ class Learner:
         micro = [[seqs[j] for j in mb] for mb in micro_batches(seq_lengths, range(len(seqs)), cfg.micro_batch_tokens)]
         if finite and self.policy_loss.needs_minibatch:  # token selection over the whole mini-batch, once
             self.policy_loss.prepare(self._minibatch_view(batch, micro, steps_of, step_adv, weights))
-        for mb in micro if finite else []:
-            tensors = collate(batch, mb, self.pad_token_id, self.device, steps_of)
+        for mb in self._lined_up(micro) if finite else []:
+            tensors = self._collate(batch, mb, steps_of)
             steps = tensors["steps"]
             n_rows = sum(1 for i in steps if tokens[i] > 0)
             scale = (
@@ -409,12 +455,16 @@ class Learner:
             )
             turn_w = torch.tensor([weights[i] for i in steps], device=self.device)
             loss, parts = self._micro_batch_loss(tensors, step_adv[steps].to(self.device), scale, turn_w)
-            if not torch.isfinite(loss):
+            if self._any(not bool(torch.isfinite(loss))):  # every rank stops at the same pass
                 finite = False
                 break
             loss.backward()
             for key, value in parts.items():
-                sums[key] += value
+                sums[key] += value if mb is not None else 0.0
+        if sums:  # the whole mini-batch's sums (every rank ran the same passes: same keys)
+            keys = sorted(sums)
+            values = self.reduce.sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64)).tolist()
+            sums = defaultdict(float, zip(keys, values, strict=True))
         grad_norm = float("nan")
         if finite:
             max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
@@ -422,8 +472,8 @@ class Learner:
             finite = math.isfinite(grad_norm)
         metrics: dict[str, Any] = {
             "lr": self.scheduler.get_last_lr()[0],
-            "rows": len(indices),
-            "sequences": len(seqs),
+            "rows": self._count(len(indices)),
+            "sequences": self._count(len(seqs)),
         }
         if not finite:
             self.optimizer.zero_grad(set_to_none=True)

@@ -57,7 +57,8 @@ def token_logprobs_entropy(
 
     ``model`` is a Hugging Face causal LM (optionally a peft model) with ``get_decoder()`` and
     ``get_output_embeddings()``. When the head is a plain bias-free ``nn.Linear`` (tied or untied
-    embeddings) and ``fused`` is true, the fused kernel ``agentrl.kernels.linear_logprob_entropy``
+    embeddings; also under FSDP2, whose learner keeps the head's weight gathered from the decoder's
+    forward to its backward) and ``fused`` is true, the fused kernel ``agentrl.kernels.linear_logprob_entropy``
     computes the full-softmax scores without ever holding the ``[N, V]`` logits (Triton on CUDA,
     chunked PyTorch on CPU); other heads (LoRA-wrapped, biased) take the reference path. Models that
     post-process logits (e.g. Gemma-2 soft-capping) are not supported by this split.
@@ -126,7 +127,15 @@ def restricted_logprob_entropy(
 
 
 def _plain_linear(head: nn.Module) -> bool:
-    return type(head) is nn.Linear and head.bias is None
+    """A bias-free linear whose ``weight`` is the whole matrix: ``nn.Linear`` itself, or the class FSDP2's
+    ``fully_shard`` derives from it (same forward) while its group holds the weight unsharded. Not a
+    LoRA-wrapped head (not an ``nn.Linear``) nor a subclass that changes ``forward``."""
+    return (
+        isinstance(head, nn.Linear)
+        and type(head).forward is nn.Linear.forward
+        and head.bias is None
+        and type(head.weight) in (torch.Tensor, nn.Parameter)  # not a sharded DTensor
+    )
 
 
 def _fused_head(
