@@ -2,13 +2,15 @@
 # GPU checks, in one go on a machine with a CUDA GPU (~6-9 minutes on one H200):
 #  1. the fused log-prob + entropy kernel (issue 7): GPU correctness tests (compiled Triton vs float64) and
 #     the benchmark table;
-#  2. rollout throughput (issue 20): new tokens/s of plain HF generate, the static cache, HFPolicy and vLLM,
+#  2. learner tokens/s against a plain full-logits PPO step, at the tiny shape and at Qwen2-0.5B's shape
+#     (benchmarks/learner_throughput.py, peak memory of each side);
+#  3. rollout throughput (issue 20): new tokens/s of plain HF generate, the static cache, HFPolicy and vLLM,
 #     each against the decode floor (weights + KV bytes per step / measured HBM bandwidth), vLLM's weight
 #     sync and sleep/wake times, and the vLLM weight-sync tests (tests/test_policies_vllm.py: full weights
 #     through the worker extension's collective_rpc, LoRA adapters, sleep/wake; logprobs vs transformers).
 #
 #   bash benchmarks/gpu_check.sh            # from the repository root
-#   SKIP_KERNELS=1 bash benchmarks/gpu_check.sh   # only the rollout part
+#   SKIP_KERNELS=1 bash benchmarks/gpu_check.sh   # leave out part 1 (SKIP_LEARNER: part 2, SKIP_ROLLOUT: part 3)
 #
 # Works without installing agentrl: if `import agentrl.kernels` fails (a bare machine without the project's
 # dependencies), it imports agentrl through a throw-away package shim (agentrl/__init__.py, which needs
@@ -51,7 +53,7 @@ fi
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
     "$PY" -c "import vllm; print('vllm', vllm.__version__)" 2>/dev/null || echo "vllm: not importable (vLLM rows and tests skipped)"
-    tests_rc=0; bench_rc=0
+    tests_rc=0; bench_rc=0; learner_rc=0; rollout_rc=0; vllm_rc=0
     if [ -z "${SKIP_KERNELS:-}" ]; then
         # -P keeps the repository root off sys.path (its agentrl/ would shadow the shim); --noconftest: the
         # project's conftest would set TRITON_INTERPRET on a bare machine without nvidia-smi on PATH.
@@ -63,15 +65,26 @@ fi
         "$PY" benchmarks/logprob_entropy.py
         bench_rc=$?
     fi
-    # Rollout: HF plain vs static cache vs HFPolicy vs vLLM, against the decode floor (B64 P256 G128, Qwen2-0.5B shape)
-    timeout 420 "$PY" benchmarks/generate_throughput.py
-    rollout_rc=$?
-    # vLLM weight sync against transformers (skipped with the reason when vllm does not import)
-    timeout 300 "$PY" -P -m pytest tests/test_policies_vllm.py -q -p no:cacheprovider -rs --timeout 280
-    vllm_rc=$?
-    [ "$vllm_rc" = 5 ] && vllm_rc=0  # every test skipped (no vllm): reported above, not a failure
-    cp benchmarks/results/generate_throughput.json "$OUT_DIR/" 2>/dev/null || true
-    echo "kernel tests rc=$tests_rc, kernel benchmark rc=$bench_rc, rollout benchmark rc=$rollout_rc, vllm tests rc=$vllm_rc"
-    [ "$tests_rc" = 0 ] && [ "$bench_rc" = 0 ] && [ "$rollout_rc" = 0 ] && [ "$vllm_rc" = 0 ]
+    # Learner: ours vs a naive full-logits PPO step, tiny and Qwen2-0.5B shapes (bf16 autocast both sides)
+    if [ -z "${SKIP_LEARNER:-}" ]; then
+        timeout 300 "$PY" benchmarks/learner_throughput.py --shape qwen2-0.5b
+        learner_rc=$?
+        timeout 120 "$PY" benchmarks/learner_throughput.py
+        [ $? = 0 ] || learner_rc=1
+        cp benchmarks/results/learner_throughput_cuda*.json "$OUT_DIR/" 2>/dev/null || true
+    fi
+    if [ -z "${SKIP_ROLLOUT:-}" ]; then
+        # Rollout: HF plain vs static cache vs HFPolicy vs vLLM, against the decode floor (B64 P256 G128, Qwen2-0.5B shape)
+        timeout 420 "$PY" benchmarks/generate_throughput.py
+        rollout_rc=$?
+        # vLLM weight sync against transformers (skipped with the reason when vllm does not import)
+        timeout 300 "$PY" -P -m pytest tests/test_policies_vllm.py -q -p no:cacheprovider -rs --timeout 280
+        vllm_rc=$?
+        [ "$vllm_rc" = 5 ] && vllm_rc=0  # every test skipped (no vllm): reported above, not a failure
+        cp benchmarks/results/generate_throughput.json "$OUT_DIR/" 2>/dev/null || true
+    fi
+    cp benchmarks/results/logprob_entropy_cuda.json "$OUT_DIR/" 2>/dev/null || true
+    echo "kernel tests rc=$tests_rc, kernel benchmark rc=$bench_rc, learner benchmark rc=$learner_rc, rollout benchmark rc=$rollout_rc, vllm tests rc=$vllm_rc"
+    [ "$tests_rc" = 0 ] && [ "$bench_rc" = 0 ] && [ "$learner_rc" = 0 ] && [ "$rollout_rc" = 0 ] && [ "$vllm_rc" = 0 ]
 } 2>&1 | tee "$OUT_DIR/gpu_check.log"
 exit "${PIPESTATUS[0]}"
