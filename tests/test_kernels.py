@@ -80,7 +80,11 @@ def _assert_close(got, ref, dtype, what):
     assert got_lp.dtype == torch.float32 and got_ent.dtype == torch.float32
     assert got_gh.dtype == dtype and got_gw.dtype == dtype
     assert (got_lp.double() - ref_lp).abs().max() <= FWD_ATOL, f"{what}: logprob"
-    assert (got_ent.double() - ref_ent).abs().max() <= FWD_ATOL, f"{what}: entropy"
+    # The entropy is a float32 sum over the vocabulary, whose rounding grows like sqrt(V): measured on an H200
+    # with the fixed test tiling, 5.08e-5 at V = 151,936 (bf16 inputs, 4,099 rows): 5e-5 holds up to V = 32k.
+    vocab = ref_gw.shape[0]
+    ent_atol = FWD_ATOL * max(1.0, (vocab / 32_000) ** 0.5)
+    assert (got_ent.double() - ref_ent).abs().max() <= ent_atol, f"{what}: entropy"
     for name, got_g, ref_g in (("grad hidden", got_gh, ref_gh), ("grad weight", got_gw, ref_gw)):
         err = (got_g.double() - ref_g).abs().max()
         assert err <= GRAD_RTOL[dtype] * ref_g.abs().max(), f"{what}: {name} error {err:.3g}"
