@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agentrl.config import ConfigError, config_dict
+from agentrl.config import ConfigError, config_dict, setting
 from agentrl.training.config import LearnerConfig, LoRAConfig
 
 
@@ -45,32 +45,32 @@ def _paper_learner() -> LearnerConfig:
 class Config:
     """Retroformer (ALFWorld). Override any field: ``agentrl train alfworld_retroformer key=value``."""
 
-    actor_model: str = ""  # frozen actor: a Hugging Face model directory or Hub id (required)
-    reflector_model: str = ""  # retrospective LM directory (empty = a second copy of actor_model)
-    run_name: str = "alfworld_retroformer"  # run directory name under output_dir, and the store's run names
-    output_dir: str = "runs"  # where run directories are created
-    store: str = ""  # trajectory store URL; empty = sqlite:///<output_dir>/<run_name>/store.db
-    env: str = "alfworld"  # environment id or alias
-    env_args: dict[str, Any] = field(default_factory=dict)  # env constructor arguments
-    max_turns: int = 50  # turn budget per trial (Reflexion's ALFWorld setting)
-    train_split: str = "train"  # tasks the reflector is trained on
-    train_tasks: int = 0  # draw from the first N tasks of the train panel only (0 = all of it)
-    eval_split: str = "valid_unseen"  # evaluation panel (the 134 games of the paper)
-    eval_tasks: int = 134  # evaluate on the first N tasks of the eval panel (0 = no evaluation)
-    trials: int = 4  # trials per task (paper: 4)
-    memory_size: int = 3  # reflections kept in the actor's prompt (Reflexion: the last 3)
-    iterations: int = 10  # collect -> update rounds (1 = the paper's offline setting; 0 = evaluate only)
-    tasks_per_iteration: int = 8  # train tasks per iteration (the paper's batch size)
-    normalize: str = "batch"  # rating normalisation for the advantage: batch or task
-    actor_temperature: float = 0.0  # actor sampling temperature (greedy, as in Reflexion)
-    actor_max_new_tokens: int = 128  # actor tokens per turn
-    reflector_temperature: float = 1.0  # reflector sampling temperature (also the learner's)
-    reflector_max_new_tokens: int = 256  # tokens per reflection
-    max_parallel: int = 16  # live episodes at once (one batched generate per turn)
-    layout: str = "concat"  # actor token layout: concat or per_step
-    history: int | None = None  # per_step layout: turns of history in each actor prompt
-    seed: int = 0  # seeds task draws, sampling and the learner
-    learner: LearnerConfig = field(default_factory=_paper_learner)  # the reflector's PPO update
+    actor_model: str = setting("", "frozen actor: a Hugging Face model directory or Hub id (required)")
+    reflector_model: str = setting("", "retrospective LM directory (empty = a second copy of actor_model)")
+    run_name: str = setting("alfworld_retroformer", "run directory name under output_dir, and the store's run names")
+    output_dir: str = setting("runs", "where run directories are created")
+    store: str = setting("", "trajectory store URL; empty = sqlite:///<output_dir>/<run_name>/store.db")
+    env: str = setting("alfworld", "environment id or alias")
+    env_args: dict[str, Any] = setting(factory=dict, doc="env constructor arguments")
+    max_turns: int = setting(50, "turn budget per trial (Reflexion's ALFWorld setting)")
+    train_split: str = setting("train", "tasks the reflector is trained on")
+    train_tasks: int = setting(0, "draw from the first N tasks of the train panel only (0 = all of it)")
+    eval_split: str = setting("valid_unseen", "evaluation panel (the 134 games of the paper)")
+    eval_tasks: int = setting(134, "evaluate on the first N tasks of the eval panel (0 = no evaluation)")
+    trials: int = setting(4, "trials per task (paper: 4)")
+    memory_size: int = setting(3, "reflections kept in the actor's prompt (Reflexion: the last 3)")
+    iterations: int = setting(10, "collect -> update rounds (1 = the paper's offline setting; 0 = evaluate only)")
+    tasks_per_iteration: int = setting(8, "train tasks per iteration (the paper's batch size)")
+    normalize: str = setting("batch", "rating normalisation for the advantage: batch or task")
+    actor_temperature: float = setting(0.0, "actor sampling temperature (greedy, as in Reflexion)")
+    actor_max_new_tokens: int = setting(128, "actor tokens per turn")
+    reflector_temperature: float = setting(1.0, "reflector sampling temperature (also the learner's)")
+    reflector_max_new_tokens: int = setting(256, "tokens per reflection")
+    max_parallel: int = setting(16, "live episodes at once (one batched generate per turn)")
+    layout: str = setting("concat", "actor token layout: concat or per_step")
+    history: int | None = setting(None, "per_step layout: turns of history in each actor prompt")
+    seed: int = setting(0, "seeds task draws, sampling and the learner")
+    learner: LearnerConfig = setting(factory=_paper_learner, doc="the reflector's PPO update")
 
 
 def main(cfg: Config) -> dict[str, Any]:

@@ -33,11 +33,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agentrl.config import ConfigError, config_dict
+from agentrl.config import ConfigError, config_dict, setting
 from agentrl.training.config import LearnerConfig
 
 
@@ -45,32 +45,33 @@ from agentrl.training.config import LearnerConfig
 class Config:
     """Asynchronous MLE recipe. Every field can be overridden: ``agentrl train mle_async key=value``."""
 
-    model: str = ""  # Hugging Face model directory or Hub id, e.g. Qwen/Qwen2.5-1.5B-Instruct (required)
-    run_name: str = "mle_async"  # run directory name under output_dir, and the store's run name
-    output_dir: str = "runs"  # where run directories are created
-    store: str = ""  # trajectory store URL; empty = sqlite:///<output_dir>/<run_name>/store.db (one machine)
-    ray: str = "local"  # Ray cluster: "local" starts a private one on 127.0.0.1, else an address to join
-    env: str = "mle"  # environment id or alias
-    env_args: dict[str, Any] = field(default_factory=dict)  # env constructor arguments (MLE: time_budget_s=300 by default)
-    split: str = "train"  # task panel the groups are drawn from
-    train_tasks: int = 0  # draw from the first N tasks of the panel only (0 = all of it)
-    improve_fraction: float = 0.5  # share of groups that "improve the previous solution" (2 attempts), rest 1 attempt
-    workers: int = 2  # rollout workers (Ray actors)
-    worker_cpus: float = 1.0  # CPUs Ray reserves per worker
-    worker_gpus: float = 0.0  # GPUs per worker (a fraction shares one; 0 = workers generate on the CPU)
-    max_parallel: int = 8  # live episodes per worker
-    updates: int = 50  # learner updates
-    group_size: int = 8  # episodes per task (GRPO group)
-    groups_per_update: int = 16  # groups per update: 16 x 8 = the paper's batch of 128
-    max_staleness: int = 2  # oldest usable policy version = current - max_staleness (0 = synchronous)
-    wait_timeout_s: float = 1800.0  # stop with a clear error when no fresh episode arrives for this long
-    max_worker_restarts: int = 5  # dead workers replaced at most this many times per run
-    temperature: float = 1.0  # rollout sampling temperature
-    max_new_tokens: int = 1024  # tokens per attempt (a whole program)
-    seed: int = 0  # seeds task draws, sampling and the learner
-    learner: LearnerConfig = field(
-        default_factory=lambda: LearnerConfig(lr=1e-5, total_steps=50, shaping=["duration"])
-    )  # the update (duration weighting on)
+    model: str = setting("", "Hugging Face model directory or Hub id, e.g. Qwen/Qwen2.5-1.5B-Instruct (required)")
+    run_name: str = setting("mle_async", "run directory name under output_dir, and the store's run name")
+    output_dir: str = setting("runs", "where run directories are created")
+    store: str = setting("", "trajectory store URL; empty = sqlite:///<output_dir>/<run_name>/store.db (one machine)")
+    ray: str = setting("local", 'Ray cluster: "local" starts a private one on 127.0.0.1, else an address to join')
+    env: str = setting("mle", "environment id or alias")
+    env_args: dict[str, Any] = setting(factory=dict, doc="env constructor arguments (MLE: time_budget_s=300 by default)")
+    split: str = setting("train", "task panel the groups are drawn from")
+    train_tasks: int = setting(0, "draw from the first N tasks of the panel only (0 = all of it)")
+    improve_fraction: float = setting(0.5, 'share of groups that "improve the previous solution" (2 attempts), rest 1 attempt')
+    workers: int = setting(2, "rollout workers (Ray actors)")
+    worker_cpus: float = setting(1.0, "CPUs Ray reserves per worker")
+    worker_gpus: float = setting(0.0, "GPUs per worker (a fraction shares one; 0 = workers generate on the CPU)")
+    max_parallel: int = setting(8, "live episodes per worker")
+    updates: int = setting(50, "learner updates")
+    group_size: int = setting(8, "episodes per task (GRPO group)")
+    groups_per_update: int = setting(16, "groups per update: 16 x 8 = the paper's batch of 128")
+    max_staleness: int = setting(2, "oldest usable policy version = current - max_staleness (0 = synchronous)")
+    wait_timeout_s: float = setting(1800.0, "stop with a clear error when no fresh episode arrives for this long")
+    max_worker_restarts: int = setting(5, "dead workers replaced at most this many times per run")
+    temperature: float = setting(1.0, "rollout sampling temperature")
+    max_new_tokens: int = setting(1024, "tokens per attempt (a whole program)")
+    seed: int = setting(0, "seeds task draws, sampling and the learner")
+    learner: LearnerConfig = setting(
+        factory=lambda: LearnerConfig(lr=1e-5, total_steps=50, shaping=["duration"]),
+        doc="the update (duration weighting on)",
+    )
 
 
 def main(cfg: Config) -> dict[str, Any]:

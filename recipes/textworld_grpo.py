@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agentrl.config import ConfigError, config_dict
+from agentrl.config import ConfigError, config_dict, setting
 from agentrl.training.config import LearnerConfig
 
 
@@ -31,36 +31,36 @@ from agentrl.training.config import LearnerConfig
 class Config:
     """Online RL recipe (TextWorld, GRPO). Every field can be overridden: ``agentrl train textworld_grpo key=value``."""
 
-    model: str = ""  # Hugging Face model directory or Hub id (required), e.g. Qwen/Qwen2.5-1.5B-Instruct
-    run_name: str = "textworld_grpo"  # run directory name under output_dir, and the store's run name
-    output_dir: str = "runs"  # where run directories are created
-    store: str = ""  # trajectory store URL; empty = sqlite:///<output_dir>/<run_name>/store.db
-    env: str = "textworld"  # environment id or alias
-    env_args: dict[str, Any] = field(default_factory=lambda: {"difficulty": "easy"})  # env constructor arguments
-    max_turns: int = 8  # turn budget per episode (the env's max_turns)
-    train_split: str = "train"  # tasks are drawn from this panel
-    train_tasks: int = 0  # draw from the first N tasks of the train panel only (0 = all of it)
-    eval_split: str = "valid"  # evaluation panel
-    eval_tasks: int = 50  # evaluate on the first N tasks of the eval panel (0 = no evaluation)
-    eval_every: int = 5  # evaluate every N iterations (and after the last)
-    eval_before: bool = True  # also evaluate before the first iteration
-    eval_temperature: float = 0.0  # evaluation sampling temperature (0 = greedy)
-    eval_samples: int = 1  # episodes per evaluation task (seeds 0..N-1; more than 1 only makes sense with sampling)
-    iterations: int = 20  # RL iterations (each is one learner update)
-    tasks_per_iteration: int = 8  # distinct train tasks per iteration
-    group_size: int = 8  # episodes per task (GRPO group)
-    temperature: float = 1.0  # rollout sampling temperature
-    max_new_tokens: int = 32  # tokens per turn
-    max_parallel: int = 32  # live episodes at once (one batched generate per turn)
-    layout: str = "concat"  # token layout: concat (whole episode) or per_step (windowed history)
-    history: int | None = None  # per_step layout: turns of history in each prompt (None = all)
-    admissible_only: bool = False  # constrained decoding: sample only the admissible actions listed (HFPolicy)
-    sft_episodes: int = 0  # expert demonstrations for a supervised warm-up (0 = none)
-    sft_epochs: int = 3  # passes over the demonstrations
-    sft_lr: float = 1e-3  # warm-up learning rate
-    sft_batch_tokens: int = 2048  # padded tokens per warm-up optimizer step
-    seed: int = 0  # seeds task draws, sampling and the learner
-    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=1e-5, total_steps=20))  # the update
+    model: str = setting("", "Hugging Face model directory or Hub id (required), e.g. Qwen/Qwen2.5-1.5B-Instruct")
+    run_name: str = setting("textworld_grpo", "run directory name under output_dir, and the store's run name")
+    output_dir: str = setting("runs", "where run directories are created")
+    store: str = setting("", "trajectory store URL; empty = sqlite:///<output_dir>/<run_name>/store.db")
+    env: str = setting("textworld", "environment id or alias")
+    env_args: dict[str, Any] = setting(factory=lambda: {"difficulty": "easy"}, doc="env constructor arguments")
+    max_turns: int = setting(8, "turn budget per episode (the env's max_turns)")
+    train_split: str = setting("train", "tasks are drawn from this panel")
+    train_tasks: int = setting(0, "draw from the first N tasks of the train panel only (0 = all of it)")
+    eval_split: str = setting("valid", "evaluation panel")
+    eval_tasks: int = setting(50, "evaluate on the first N tasks of the eval panel (0 = no evaluation)")
+    eval_every: int = setting(5, "evaluate every N iterations (and after the last)")
+    eval_before: bool = setting(True, "also evaluate before the first iteration")
+    eval_temperature: float = setting(0.0, "evaluation sampling temperature (0 = greedy)")
+    eval_samples: int = setting(1, "episodes per evaluation task (seeds 0..N-1; more than 1 only makes sense with sampling)")
+    iterations: int = setting(20, "RL iterations (each is one learner update)")
+    tasks_per_iteration: int = setting(8, "distinct train tasks per iteration")
+    group_size: int = setting(8, "episodes per task (GRPO group)")
+    temperature: float = setting(1.0, "rollout sampling temperature")
+    max_new_tokens: int = setting(32, "tokens per turn")
+    max_parallel: int = setting(32, "live episodes at once (one batched generate per turn)")
+    layout: str = setting("concat", "token layout: concat (whole episode) or per_step (windowed history)")
+    history: int | None = setting(None, "per_step layout: turns of history in each prompt (None = all)")
+    admissible_only: bool = setting(False, "constrained decoding: sample only the admissible actions listed (HFPolicy)")
+    sft_episodes: int = setting(0, "expert demonstrations for a supervised warm-up (0 = none)")
+    sft_epochs: int = setting(3, "passes over the demonstrations")
+    sft_lr: float = setting(1e-3, "warm-up learning rate")
+    sft_batch_tokens: int = setting(2048, "padded tokens per warm-up optimizer step")
+    seed: int = setting(0, "seeds task draws, sampling and the learner")
+    learner: LearnerConfig = setting(factory=lambda: LearnerConfig(lr=1e-5, total_steps=20), doc="the update")
 
 
 def main(cfg: Config) -> dict[str, Any]:
