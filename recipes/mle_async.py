@@ -30,19 +30,17 @@ ranks (:mod:`agentrl.distributed.fsdp`): rank 0 drives the workers and broadcast
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from agentrl.config import ConfigError, config_dict, setting
+from agentrl.config import ConfigError, setting
 from agentrl.training.config import LearnerConfig
+from agentrl.training.run import RunOptions
 
 
 @dataclass
-class Config:
+class Config(RunOptions):
     """Asynchronous MLE recipe. Every field can be overridden: ``agentrl train mle_async key=value``."""
 
     model: str = setting("", "Hugging Face model directory or Hub id, e.g. Qwen/Qwen2.5-1.5B-Instruct (required)")
@@ -75,6 +73,10 @@ class Config:
 
 
 def main(cfg: Config) -> dict[str, Any]:
+    import contextlib
+    import shutil
+    from collections.abc import Iterator
+
     import numpy as np
     import torch
 
@@ -84,103 +86,136 @@ def main(cfg: Config) -> dict[str, Any]:
     from agentrl.distributed.worker import WorkerSpec
     from agentrl.policies.hf import load_model_and_tokenizer
     from agentrl.policies.sources import hub_revision, load_pretrained
-    from agentrl.store import open_store
+    from agentrl.provenance import git_sha
     from agentrl.training.learner import Learner
-    from agentrl.training.metrics import MetricsLogger
+    from agentrl.training.run import Run
 
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    run = Run.open(cfg) if rank == 0 else None  # rank 0 keeps the run directory; an existing run needs resume/overwrite
+    cfg = run.config if run is not None else cfg
     if not cfg.model:
-        raise ConfigError("set model=PATH_OR_HUB_ID (a Hugging Face model directory or Hub id) for this recipe")
+        raise ConfigError("set model=PATH_OR_HUB_ID (a Hugging Face model directory or Hub id) for this recipe",
+                          hint="no download needed: `agentrl model tiny ./tiny` writes a small model")  # fmt: skip
     if not 0 <= cfg.improve_fraction <= 1:
         raise ConfigError(f"improve_fraction must be in [0, 1], got {cfg.improve_fraction}")
-    run_dir = Path(cfg.output_dir) / cfg.run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if world > 1 and cfg.resume:
+        raise ConfigError("resume is not supported under torchrun yet (the FSDP learner has no checkpoint)",
+                          hint="resume it in one process, or start a new run_name")  # fmt: skip
     torch.manual_seed(cfg.seed)
 
     # 1. learner (one process, or FSDP2 over the ranks of `torchrun --nproc-per-node N`), store, Ray
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if world > 1 and device == "cuda":
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         torch.cuda.set_device(device)
-    model, tokenizer = load_model_and_tokenizer(cfg.model, device=device)
-    revision = hub_revision(cfg.model)  # a Hub id's commit: workers and the final export load these very weights
-    pad_id = tokenizer.pad_token_id or 0
-    learner: Any
-    if world > 1:  # rank 0 runs everything below; the other ranks only mirror its updates
-        import torch.distributed as dist
-
-        from agentrl.distributed.fsdp import FSDPLearner, RankZeroLearner, follow_updates
-
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-        rank = dist.get_rank()
-        fsdp = FSDPLearner(model, cfg.learner, pad_token_id=pad_id, logger=MetricsLogger(run_dir) if rank == 0 else None)
-        if rank != 0:
-            try:
-                return {"rank": rank, "updates": follow_updates(fsdp)}
-            finally:
-                dist.destroy_process_group()
-        learner, logger = RankZeroLearner(fsdp), fsdp.learner.logger
-    else:
-        logger = MetricsLogger(run_dir)
-        learner = Learner(model, cfg.learner, pad_token_id=pad_id, logger=logger)
-    entry = agentrl.registry.resolve(cfg.env)
-    store_url = cfg.store or f"sqlite:///{(run_dir / 'store.db').resolve()}"
-    store = open_store(store_url)
-    run_id = store.start_run(cfg.run_name, env_id=entry.id, config=config_dict(cfg), kind="train")
-    started_ray = init_ray(cfg.ray, num_cpus=None)
-
-    # 2. what each group plays: a train task, from scratch or improving a first attempt
-    spec = WorkerSpec(
-        model=cfg.model, env=entry.id, store=store_url, run_id=run_id, weights_dir=str((run_dir / "weights").resolve()),
-        env_args=dict(cfg.env_args), variants={"scratch": {"max_turns": 1}, "improve": {"max_turns": 2}},
-        split=cfg.split, max_turns=2, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-        max_parallel=cfg.max_parallel, seed=cfg.seed, revision=revision,
-    )  # fmt: skip
-    probe = agentrl.make(entry.id, split=cfg.split, **cfg.env_args)
-    panel = probe.task_ids(cfg.split)[: cfg.train_tasks or None]
-    probe.close()
-
-    def sample_task(rng: np.random.Generator) -> tuple[str, str]:
-        return str(rng.choice(panel)), "improve" if rng.random() < cfg.improve_fraction else "scratch"
-
-    summary: dict[str, Any] = {"run_dir": str(run_dir), "store": store_url, "run_id": run_id, "updates": []}
-
-    def on_update(result: dict[str, Any]) -> None:
-        flat = {k: v for k, v in result.items() if k != "learner"}
-        logger.log(learner.step, flat)
-        summary["updates"].append(flat)
-        print(f"[{cfg.run_name}] v{result['policy_version']}: success {flat['rollout/success_rate']:.3f} "
-              f"return {flat['rollout/mean_return']:.3f} staleness {flat['async/mean_staleness']:.2f} "
-              f"waited {flat['async/wait_seconds']:.1f}s", flush=True)
-
-    # 3. the actor-learner loop; SIGTERM is turned into KeyboardInterrupt so both clean up the same way
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        driver = ActorLearner(
-            learner, store, spec, workers=cfg.workers, group_size=cfg.group_size,
-            groups_per_update=cfg.groups_per_update, sample_task=sample_task, max_staleness=cfg.max_staleness,
-            wait_timeout_s=cfg.wait_timeout_s, max_worker_restarts=cfg.max_worker_restarts,
-            worker_cpus=cfg.worker_cpus, worker_gpus=cfg.worker_gpus, seed=cfg.seed, on_update=on_update,
-        )  # fmt: skip
-        summary["failures"] = driver.run(cfg.updates)
-        # 4. save
+    if run is None:  # a follower rank: mirror rank 0's updates, keep nothing
+        return _follow(cfg, device)
+    with run:
+        model, tokenizer = load_model_and_tokenizer(cfg.model, device=device)
+        revision = hub_revision(cfg.model)  # a Hub id's commit: workers and the final export load these very weights
+        pad_id = tokenizer.pad_token_id or 0
+        logger = run.metrics_logger()
+        learner: Any
         if world > 1:
-            from transformers import AutoModelForCausalLM
+            import torch.distributed as dist
 
-            final = load_pretrained(AutoModelForCausalLM, cfg.model, revision=revision)
-            final.load_state_dict(learner.full_state_dict())
-            final.save_pretrained(run_dir / "model")
+            from agentrl.distributed.fsdp import FSDPLearner, RankZeroLearner
+
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+            learner = RankZeroLearner(FSDPLearner(model, cfg.learner, pad_token_id=pad_id, logger=logger))
+            run.no_checkpoints = "the FSDP learner has no checkpoint yet"
         else:
-            learner.export_pretrained(run_dir / "model")
-        tokenizer.save_pretrained(run_dir / "model")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if world > 1:
-            learner.close()  # releases the follower ranks
-            dist.destroy_process_group()
-        shutdown_ray(started_ray)
-        store.close()
-        logger.close()
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+            learner = Learner(model, cfg.learner, pad_token_id=pad_id, logger=logger)
+            run.restore({"learner": learner})
+        entry = agentrl.registry.resolve(cfg.env)
+        store, runs = run.open_store({"main": cfg.run_name}, env_id=entry.id)
+        run_id = runs["main"]
+        weights_dir = run.directory / "weights"
+        if run.resumed:  # versions newer than the checkpoint must not reach the workers
+            shutil.rmtree(weights_dir, ignore_errors=True)
+        started_ray = init_ray(cfg.ray, num_cpus=None)
+
+        # 2. what each group plays: a train task, from scratch or improving a first attempt
+        spec = WorkerSpec(
+            model=cfg.model, env=entry.id, store=run.record["store"], run_id=run_id, weights_dir=str(weights_dir.resolve()),
+            env_args=dict(cfg.env_args), variants={"scratch": {"max_turns": 1}, "improve": {"max_turns": 2}},
+            split=cfg.split, max_turns=2, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+            max_parallel=cfg.max_parallel, seed=cfg.seed, revision=revision,
+        )  # fmt: skip
+        probe = agentrl.make(entry.id, split=cfg.split, **cfg.env_args)
+        panel = probe.task_ids(cfg.split)[: cfg.train_tasks or None]
+        probe.close()
+
+        def sample_task(rng: np.random.Generator) -> tuple[str, str]:
+            return str(rng.choice(panel)), "improve" if rng.random() < cfg.improve_fraction else "scratch"
+
+        state = run.state  # updates done, the driver's position in the store, summary
+        if "updates" not in state:
+            state.update(updates=0, driver=None, summary={"run_dir": str(run.directory), "store": run.record["store"],
+                                                          "run_id": run_id, "updates": []})  # fmt: skip
+        summary = state["summary"]
+
+        # 3. the actor-learner loop; each update (with its publish and this callback) is one commit of the run
+        def on_update(result: dict[str, Any]) -> None:
+            flat = {k: v for k, v in result.items() if k != "learner"}
+            logger.log(learner.step, flat)
+            summary["updates"].append(flat)
+            state.update(updates=state["updates"] + 1, driver=driver.state_dict())
+            run.say(f"[{cfg.run_name}] update {state['updates']}/{cfg.updates} (v{result['policy_version']}): "
+                    f"success {flat['rollout/success_rate']:.3f} return {flat['rollout/mean_return']:.3f} "
+                    f"staleness {flat['async/mean_staleness']:.2f} waited {flat['async/wait_seconds']:.1f}s")
+
+        @contextlib.contextmanager
+        def commit_update() -> Iterator[None]:
+            with run.critical():  # update, publish, on_update: SIGINT/SIGTERM wait for it
+                yield
+            run.maybe_checkpoint(state["updates"])
+
+        try:
+            driver = ActorLearner(
+                learner, store, spec, workers=cfg.workers, group_size=cfg.group_size,
+                groups_per_update=cfg.groups_per_update, sample_task=sample_task, max_staleness=cfg.max_staleness,
+                wait_timeout_s=cfg.wait_timeout_s, max_worker_restarts=cfg.max_worker_restarts,
+                worker_cpus=cfg.worker_cpus, worker_gpus=cfg.worker_gpus, seed=cfg.seed, on_update=on_update,
+                around_update=commit_update,
+            )  # fmt: skip
+            if state["driver"] is not None:
+                driver.load_state_dict(state["driver"])
+            with run.critical():
+                pass  # commit the starting point
+            summary["failures"] = driver.run(cfg.updates - state["updates"])
+            # 4. save
+            if world > 1:
+                from transformers import AutoModelForCausalLM
+
+                final = load_pretrained(AutoModelForCausalLM, cfg.model, revision=revision)
+                final.load_state_dict(learner.full_state_dict())
+                final.save_pretrained(run.directory / "model")
+            else:
+                learner.export_pretrained(run.directory / "model")
+            tokenizer.save_pretrained(run.directory / "model")
+        finally:
+            if world > 1:
+                learner.close()  # releases the follower ranks
+                dist.destroy_process_group()
+            shutdown_ray(started_ray)
+        summary.update(git_sha=git_sha())
+        run.write_json("summary.json", summary)
+        run.say(f"[{cfg.run_name}] done: model in {run.directory / 'model'}, metrics in {logger.path}")
     return summary
 
+
+def _follow(cfg: Config, device: str) -> dict[str, Any]:
+    """A follower rank of ``torchrun``: build its FSDP shard and mirror rank 0's updates until released."""
+    import torch.distributed as dist
+
+    from agentrl.distributed.fsdp import FSDPLearner, follow_updates
+    from agentrl.policies.hf import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(cfg.model, device=device)
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    fsdp = FSDPLearner(model, cfg.learner, pad_token_id=tokenizer.pad_token_id or 0, logger=None)
+    try:
+        return {"rank": dist.get_rank(), "updates": follow_updates(fsdp)}
+    finally:
+        dist.destroy_process_group()

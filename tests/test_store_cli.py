@@ -177,6 +177,37 @@ def test_upgrading_a_0002_store_rebuilds_the_transcripts_exactly(store_url):
         assert [ep.transcripts for ep in store.read_episodes(1)] == expected
 
 
+def test_upgrading_a_0003_store_gives_runs_a_status_and_keeps_everything(store_url):
+    assert upgrade_schema(store_url, "0003", create=True) == (None, "0003")
+    engine = create_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO runs (name, kind, env_id, config, agentrl_version, created_at) "
+                              "VALUES ('before 0004', 'train', 'e', '{\"lr\": 0.5}', '0.1.0', 50.0)"))  # fmt: skip
+    finally:
+        engine.dispose()
+    assert upgrade_schema(store_url) == ("0003", "0004")
+    with open_store(store_url, create=False) as store:
+        (old,) = store.runs()
+        assert (old.name, old.config, old.status, old.git_sha, old.finished_at) == ("before 0004", {"lr": 0.5}, None, None, None)
+        new = store.start_run("after", git_sha="abc123")
+        store.set_run_status(new, "interrupted")
+        info = store.get_run(new)
+        assert (info.status, info.git_sha) == ("interrupted", "abc123") and info.finished_at is not None
+    # down and up again: 0003 has no such columns; the runs survive
+    assert upgrade_schema(store_url, "0003") == ("0004", "0003")
+    engine = create_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            columns = {c for c in conn.execute(text("SELECT * FROM runs")).keys()}
+        assert not {"status", "git_sha", "finished_at"} & columns
+    finally:
+        engine.dispose()
+    assert upgrade_schema(store_url) == ("0003", "0004")
+    with open_store(store_url, create=False) as store:
+        assert [r.name for r in store.runs()] == ["before 0004", "after"]
+
+
 # --- bad input: one line each, nothing written ---------------------------------------------------
 def test_store_of_a_newer_schema_is_refused_untouched(tmp_path):
     path = tmp_path / "future.db"

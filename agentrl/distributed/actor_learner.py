@@ -27,9 +27,11 @@ cut off mid-write is rolled back by the store's transaction.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +84,7 @@ class ActorLearner:
         poll_interval_s: float = 0.2,
         seed: int = 0,
         on_update: Callable[[dict[str, Any]], None] | None = None,
+        around_update: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
     ):
         if workers < 1 or group_size < 1 or groups_per_update < 1 or max_staleness < 0:
             raise ValueError("workers, group_size and groups_per_update must be >= 1 and max_staleness >= 0")
@@ -91,6 +94,7 @@ class ActorLearner:
         self.wait_timeout_s, self.max_worker_restarts = wait_timeout_s, max_worker_restarts
         self.worker_cpus, self.worker_gpus, self.poll_interval_s = worker_cpus, worker_gpus, poll_interval_s
         self.on_update = on_update
+        self.around_update = around_update  # wraps each update + publish + on_update (a resumable run's commit)
         self.rng = np.random.default_rng(seed)
         self.publisher = WeightPublisher(spec.weights_dir, keep=max_staleness + 1)
         self.actors: list[Any] = []
@@ -290,22 +294,37 @@ class ActorLearner:
                 batch = self._wait_for_batch()
                 waited = time.perf_counter() - started
                 lags = [self.learner.step - ep.policy_version for ep in batch]
-                metrics = self.learner.update(batch)
-                publish_weights(self.publisher, self.learner)
-                summary = {
-                    "policy_version": self.learner.step, "episodes": len(batch),
-                    "rollout/success_rate": float(np.mean([ep.won for ep in batch])),
-                    "rollout/mean_return": float(np.mean([ep.episode_return for ep in batch])),
-                    "async/wait_seconds": waited, "async/mean_staleness": float(np.mean(lags)),
-                    "async/max_staleness": int(max(lags)), "async/update_seconds": time.perf_counter() - started - waited,
-                    **{f"async/{k}": v for k, v in self.stats.items() if k != "last_error"},
-                    "learner": metrics,
-                }  # fmt: skip
-                if self.on_update is not None:
-                    self.on_update(summary)
+                with self.around_update():
+                    metrics = self.learner.update(batch)
+                    publish_weights(self.publisher, self.learner)
+                    summary = {
+                        "policy_version": self.learner.step, "episodes": len(batch),
+                        "rollout/success_rate": float(np.mean([ep.won for ep in batch])),
+                        "rollout/mean_return": float(np.mean([ep.episode_return for ep in batch])),
+                        "async/wait_seconds": waited, "async/mean_staleness": float(np.mean(lags)),
+                        "async/max_staleness": int(max(lags)), "async/update_seconds": time.perf_counter() - started - waited,
+                        **{f"async/{k}": v for k, v in self.stats.items() if k != "last_error"},
+                        "learner": metrics,
+                    }  # fmt: skip
+                    if self.on_update is not None:
+                        self.on_update(summary)
             return dict(self.stats)
         finally:
             self.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed driver needs (JSON-ready): where to read the store from, the task sampler's RNG, stats.
+
+        Episodes read but not trained on yet are read again after a resume (``since`` stops before them).
+        """
+        since = min(i for i, _ in self.buffer) - 1 if self.buffer else self.last_seen_id
+        return {"since": since, "rng": self.rng.bit_generator.state, "calls": self._calls, "stats": dict(self.stats)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.last_seen_id = int(state["since"])
+        self.rng.bit_generator.state = state["rng"]
+        self._calls = int(state["calls"])
+        self.stats.update(state["stats"])
 
     def close(self) -> None:
         """Kill every worker actor (their in-flight groups are never committed). Safe to call twice."""
