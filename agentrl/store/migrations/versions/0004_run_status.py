@@ -28,7 +28,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("runs") as batch:
-        batch.drop_column("finished_at")
-        batch.drop_column("git_sha")
-        batch.drop_column("status")
+    """Drop the three columns in place. Not with a batch "move and copy" on SQLite: dropping the old ``runs``
+    table there, with foreign keys on, would cascade to every episode (SQLite >= 3.35 drops columns itself)."""
+    bind = op.get_bind()
+    if bind.dialect.name == "sqlite":
+        import sqlite3
+
+        if sqlite3.sqlite_version_info < (3, 35, 0):
+            raise RuntimeError(f"downgrading below 0004 needs SQLite >= 3.35 (ALTER TABLE DROP COLUMN); this is {sqlite3.sqlite_version}")
+    for column in ("finished_at", "git_sha", "status"):
+        op.drop_column("runs", column)
