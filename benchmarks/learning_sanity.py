@@ -159,7 +159,7 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="agentrl-learning-"))
     model_dir = None if args.reuse_warmup else tiny_model(work / "init", corpus(), vocab_size=2000, hidden_size=128, num_layers=4,
                            num_heads=4, num_kv_heads=2, intermediate_size=384)
-    common = dict(output_dir=str(work), max_turns=4, eval_tasks=args.eval_tasks, max_new_tokens=32,
+    common = dict(output_dir=str(work), overwrite=True, max_turns=4, eval_tasks=args.eval_tasks, max_new_tokens=32,
                   layout="per_step", history=0, admissible_only=True, temperature=1.0,
                   eval_temperature=1.0, eval_samples=args.eval_samples)
 

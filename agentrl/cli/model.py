@@ -155,6 +155,7 @@ def tiny_cmd(
     from transformers import AutoModelForCausalLM
 
     params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(path).parameters())
-    console.print(f"wrote {path}: Qwen2, {params / 1e6:.2f} M parameters, vocabulary {config['vocab_size']} "
-                  f"(tokenizer trained on {len(texts)} texts of {entry.id})", highlight=False, markup=False)  # fmt: skip
-    console.print(f"train it: agentrl train textworld_grpo model={path}  (README: Train on a laptop)", highlight=False, markup=False)
+    console.print(f"wrote {directory}: Qwen2, {params / 1e6:.2f} M parameters, vocabulary {config['vocab_size']} "
+                  f"(tokenizer trained on {len(texts)} texts of {entry.id})", highlight=False, markup=False, soft_wrap=True)  # fmt: skip
+    console.print(f"train it: agentrl train textworld_grpo model={directory}  (README: Train on a laptop)",
+                  highlight=False, markup=False, soft_wrap=True)  # fmt: skip

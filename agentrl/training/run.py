@@ -251,14 +251,15 @@ class Run:
         """A block that changes learners, store or metrics: SIGINT/SIGTERM wait for its end, which commits."""
         with self.guard.shielded():
             yield
-            self._commit = {
+            commit = {
                 "state": copy.deepcopy(self.state),
                 "watermarks": {key: self.store.last_episode_id(run_id) for key, run_id in self.store_runs.items()}
                 if self.store is not None else {},
                 "metrics_bytes": self.logger.bytes_written() if self.logger is not None else 0,
                 "step": max((learner.step for learner in self.learners.values()), default=0),
             }  # fmt: skip
-            self._checkpointed = False
+            if commit != self._commit:  # a block that changed nothing needs no new checkpoint
+                self._commit, self._checkpointed = commit, False
 
     def checkpoint(self) -> Path | None:
         """Save the last commit and the learners (atomically: a crash mid-save keeps the previous one)."""
@@ -407,7 +408,11 @@ def _checkpoint_dir(directory: Path) -> Path:
 
 def _read_checkpoint(directory: Path) -> dict[str, Any] | None:
     path = _checkpoint_dir(directory) / STATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    saved.pop("saved_at", None)
+    return saved
 
 
 def _check_resumable(directory: Path, record: dict[str, Any]) -> None:
