@@ -176,10 +176,11 @@ def _finish(opts: EvalOptions, report: Any, agent_name: str, model_details: dict
     caption = "NOT the benchmark: the env ran on data other than the benchmark's (e.g. WebShop's built-in catalog)" if not_benchmark else None
     if summary["episodes"]:
         table = Table(title=printable_text(title), caption=caption, caption_style="bold red")
-        columns = ("task type", "episodes", "success rate", f"pass@{opts.group_size}", "mean return", "mean progress",
-                   "mean turns", "invalid actions", "errors", "seconds")  # fmt: skip
+        # success, return, progress and turns are means over episodes; invalid: the share of turns with an invalid action
+        columns = ("tasks", "episodes", "success", f"pass@{opts.group_size}", "return", "progress", "turns", "invalid",
+                   "errors", "seconds")  # fmt: skip
         for column in columns:
-            table.add_column(column, justify="left" if column == "task type" else "right")
+            table.add_column(column, justify="left" if column == "tasks" else "right")
         table.add_row(
             "all", str(summary["episodes"]), f"{summary['success_rate']:.3f}", f"{summary['pass_at_group']:.3f}",
             f"{summary['mean_return']:.3f}", f"{summary['mean_progress']:.3f}", f"{summary['mean_turns']:.1f}",
