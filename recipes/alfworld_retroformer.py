@@ -73,6 +73,8 @@ class Config(RunOptions):
 
 
 def main(cfg: Config) -> dict[str, Any]:
+    import time
+
     import numpy as np
     import torch
 
@@ -84,7 +86,7 @@ def main(cfg: Config) -> dict[str, Any]:
     from agentrl.retroformer import Reflector, ReflexionAgent, retrospective_batch, run_trials
     from agentrl.rollout import Collector, ModelActor
     from agentrl.training.learner import Learner
-    from agentrl.training.run import Run, phase_seed
+    from agentrl.training.run import Run, iteration_line, phase_seed
 
     run = Run.open(cfg)  # an existing run is an error unless resume/overwrite
     cfg = run.config  # on resume: the run's own config
@@ -164,6 +166,7 @@ def main(cfg: Config) -> dict[str, Any]:
         with Collector(lambda: make_env(cfg.train_split), ModelActor(actor, agent, actor_sampling), env_id=entry.id,
                        max_parallel=cfg.max_parallel, split=cfg.train_split) as collector:
             for iteration in range(state["iteration"] + 1, cfg.iterations + 1):
+                started = time.perf_counter()
                 rng = reseed(iteration, "trials")
                 torch.manual_seed(phase_seed(cfg.seed, iteration, "learner"))
                 size = min(cfg.tasks_per_iteration, len(train_panel))
@@ -179,17 +182,20 @@ def main(cfg: Config) -> dict[str, Any]:
                     fresh = [episode for _, episode in written]
                     batch = retrospective_batch(fresh, batch_id=str(iteration), normalize=cfg.normalize)  # type: ignore[arg-type]
                     stats = {"iteration": iteration, **report.summary(), "trained_reflections": len(batch)}
+                    updates: list[dict[str, Any]] = []
                     if batch and len({r.steps[0].reward for r in batch}) > 1:  # equal ratings carry no signal
-                        learner.update(batch)
+                        updates = learner.update(batch)
                         reflector_policy.version = learner.step
                     summary["iterations"].append(stats)
                     logger.log(learner.step, {"iteration": iteration, "rollout/success_at_last": stats["success_at"][-1],
                                               "rollout/mean_rating": stats["mean_rating"] or 0.0})
                     state["iteration"] = iteration
                 rating = "-" if stats["mean_rating"] is None else f"{stats['mean_rating']:+.3f}"
-                run.say(f"[{cfg.run_name}] iteration {iteration}/{cfg.iterations}: success@1..{cfg.trials} "
-                        + " ".join(f"{x:.3f}" for x in stats["success_at"])
-                        + f" | {len(batch)} rated reflections, mean rating {rating}")
+                finals = [r[-1] for r in report.returns.values() if r]  # each task's last trial
+                rollout = {"success_rate": stats["success_at"][-1], "mean_return": float(np.mean(finals)) if finals else 0.0}
+                run.say(iteration_line(cfg.run_name, iteration, cfg.iterations, rollout, updates, time.perf_counter() - started)
+                        + f" | success@1..{cfg.trials} " + " ".join(f"{x:.3f}" for x in stats["success_at"])
+                        + f", {len(batch)} rated reflections, mean rating {rating}")  # fmt: skip
                 if iteration == cfg.iterations:
                     evaluate(iteration)
                 run.maybe_checkpoint(iteration)

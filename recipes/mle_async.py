@@ -88,7 +88,7 @@ def main(cfg: Config) -> dict[str, Any]:
     from agentrl.policies.sources import hub_revision, load_pretrained
     from agentrl.provenance import git_sha
     from agentrl.training.learner import Learner
-    from agentrl.training.run import Run
+    from agentrl.training.run import Run, iteration_line
 
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     run = Run.open(cfg) if rank == 0 else None  # rank 0 keeps the run directory; an existing run needs resume/overwrite
@@ -161,9 +161,11 @@ def main(cfg: Config) -> dict[str, Any]:
             logger.log(learner.step, flat)
             summary["updates"].append(flat)
             state.update(updates=state["updates"] + 1, driver=driver.state_dict())
-            run.say(f"[{cfg.run_name}] update {state['updates']}/{cfg.updates} (v{result['policy_version']}): "
-                    f"success {flat['rollout/success_rate']:.3f} return {flat['rollout/mean_return']:.3f} "
-                    f"staleness {flat['async/mean_staleness']:.2f} waited {flat['async/wait_seconds']:.1f}s")
+            rollout = {"success_rate": flat["rollout/success_rate"], "mean_return": flat["rollout/mean_return"]}
+            seconds = flat["async/wait_seconds"] + flat["async/update_seconds"]
+            run.say(iteration_line(cfg.run_name, state["updates"], cfg.updates, rollout, result["learner"], seconds)
+                    + f" | v{result['policy_version']}, staleness {flat['async/mean_staleness']:.2f}, "
+                    f"waited {flat['async/wait_seconds']:.1f} s")  # fmt: skip
 
         @contextlib.contextmanager
         def commit_update() -> Iterator[None]:

@@ -131,7 +131,8 @@ def main(cfg: Config) -> dict[str, Any]:
                                            max_turns=cfg.max_turns, on_episode=bar.advance)  # fmt: skip
             result = {"iteration": iteration, "policy_version": learner.step, **report.summary()}
             with run.critical():
-                run.write_json(f"evals/iteration-{iteration:04d}.json", {**report.to_json(), **result})
+                run.write_json(f"evals/iteration-{iteration:04d}.json",
+                               {**report.to_json(), "iteration": iteration, "policy_version": learner.step})  # fmt: skip
                 summary["evaluations"].append(result)
                 logger.log(learner.step, {"eval/success_rate": result["success_rate"], "eval/mean_progress": result["mean_progress"],
                                           "eval/mean_return": result["mean_return"], "eval/mean_turns": result["mean_turns"],

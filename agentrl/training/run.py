@@ -88,22 +88,23 @@ def phase_seed(seed: int, iteration: int, phase: str) -> int:
     return int(np.random.SeedSequence([seed, iteration, code]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def iteration_line(name: str, iteration: int, total: int, rollout: dict[str, float], updates: list[dict[str, Any]],
+def iteration_line(name: str, iteration: int, total: int, rollout: dict[str, Any], updates: list[dict[str, Any]],
                    seconds: float) -> str:
     """The one console line per iteration: rollout success and return, loss, learning rate, tokens/s, seconds.
 
-    ``rollout`` has ``success_rate``, ``mean_return`` and ``tokens_per_s`` (generation); ``updates``
-    are the learner's metrics of the iteration's optimizer steps (loss averaged, the last learning rate,
-    training tokens/s over all of them).
+    ``rollout`` has ``success_rate``, ``mean_return`` and, when the driver generates, ``tokens_per_s``;
+    ``updates`` are the learner's metrics of the iteration's optimizer steps (loss averaged, the last
+    learning rate, training tokens/s over all of them; none: no update this iteration).
     """
     done = [u for u in updates if not u.get("skipped")]
-    loss = f"{sum(u['loss'] for u in done) / len(done):.4f}" if done else "skipped"
+    loss = f"{sum(u['loss'] for u in done) / len(done):.4f}" if done else ("skipped" if updates else "-")
     lr = f"{updates[-1]['lr']:.2e}" if updates else "-"
     train_seconds = sum(u.get("seconds", 0.0) for u in updates)
     train_rate = sum(u.get("total_tokens", 0) for u in updates) / train_seconds if train_seconds > 0 else 0.0
+    generated = f"{rollout['tokens_per_s']:.0f} generated, " if rollout.get("tokens_per_s") is not None else ""
     return (f"[{name}] iteration {iteration}/{total}: rollout success {rollout['success_rate']:.3f} "
-            f"return {rollout['mean_return']:.3f} | loss {loss} lr {lr} | tokens/s {rollout['tokens_per_s']:.0f} "
-            f"generated, {train_rate:.0f} trained | {seconds:.1f} s")  # fmt: skip
+            f"return {rollout['mean_return']:.3f} | loss {loss} lr {lr} | tokens/s {generated}{train_rate:.0f} trained "
+            f"| {seconds:.1f} s")  # fmt: skip
 
 
 class Run:
