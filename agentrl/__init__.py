@@ -6,7 +6,14 @@ more. Engines, torch and the store are imported when first used.
 
 from agentrl.checker import EnvCheckError, check_env
 from agentrl.core import EpisodeOver, PromptSpec, TextEnv, TextSpace
-from agentrl.registry import MissingDependencyError, UnknownEnvError, list_envs, make, register
+from agentrl.registry import (
+    MissingDependencyError,
+    NotATextEnvError,
+    UnknownEnvError,
+    list_envs,
+    make,
+    register,
+)
 
 __version__ = "0.1.0"
 
@@ -14,6 +21,7 @@ __all__ = [
     "EnvCheckError",
     "EpisodeOver",
     "MissingDependencyError",
+    "NotATextEnvError",
     "PromptSpec",
     "TextEnv",
     "TextSpace",

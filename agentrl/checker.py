@@ -6,6 +6,7 @@ failing test says what is broken, not just that something is.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -69,12 +70,52 @@ def _check_step_result(result: Any, where: str) -> bool:
     obs, reward, terminated, truncated, info = result
     if not isinstance(obs, str):
         _fail("obs-type", f"{where} returned an observation of type {type(obs).__name__}, expected str")
-    if not isinstance(reward, float):
-        _fail("step-api", f"{where} returned a reward of type {type(reward).__name__}, expected float")
+    if not isinstance(reward, float) or not math.isfinite(reward):
+        _fail("step-api", f"{where} returned a reward {reward!r}, expected a finite float")
     if not (isinstance(terminated, bool) and isinstance(truncated, bool)):
         _fail("step-api", f"{where} must return bool terminated and truncated")
     _check_info(info, where, reset=False)
     return terminated or truncated
+
+
+def check_reset_output(env: gym.Env, result: Any) -> None:
+    """Raise :class:`EnvCheckError` unless ``result`` is a valid ``reset`` return of ``env``.
+
+    For tests that drive an env themselves (fuzzing, long runs) and check every turn.
+    """
+    if not (isinstance(result, tuple) and len(result) == 2):
+        _fail("reset-api", "reset must return (obs, info)")
+    obs, info = result
+    if not isinstance(obs, str):
+        _fail("obs-type", f"reset returned an observation of type {type(obs).__name__}, expected str")
+    if not env.observation_space.contains(obs):
+        _fail("obs-space", "the first observation is not in observation_space")
+    _check_info(info, "reset", reset=True)
+    if info["turn"] != 0:
+        _fail("info-keys", f"reset info['turn'] is {info['turn']}, expected 0")
+
+
+def check_step_output(env: gym.Env, result: Any, *, action: str, turn: int) -> bool:
+    """Raise :class:`EnvCheckError` unless ``result`` is a valid return of ``env.step(action)`` at ``turn``.
+
+    Checks types, the info keys and their ranges, ``info["turn"] == turn``, that ``truncated`` is
+    set exactly when the turn budget ran out, and that an empty action is flagged invalid. Returns
+    whether the episode is over.
+    """
+    shown = repr(action[:30]) + ("..." if len(action) > 30 else "")
+    where = f"step({shown}) at turn {turn}"
+    done = _check_step_result(result, where)
+    obs, _, terminated, truncated, info = result
+    if not env.observation_space.contains(obs):
+        _fail("obs-space", f"{where} returned an observation outside observation_space")
+    if info["turn"] != turn:
+        _fail("info-keys", f"{where}: info['turn'] is {info['turn']}")
+    limit = getattr(env.unwrapped, "max_turns", None)
+    if limit is not None and truncated != (not terminated and turn >= limit):
+        _fail("max-turns", f"{where}: truncated={truncated} with max_turns={limit}")
+    if action.strip() == "" and not info["invalid_action"]:
+        _fail("garbage-action", f"{where} did not set invalid_action=True")
+    return done
 
 
 def check_env(

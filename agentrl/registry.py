@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import inspect
 import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -20,6 +21,7 @@ from typing import Any
 
 import gymnasium as gym
 
+from agentrl.core import TextEnv
 from agentrl.errors import AgentrlError
 
 ENTRY_POINT_GROUP = "agentrl.environments"
@@ -36,6 +38,29 @@ class UnknownEnvError(AgentrlError, KeyError):
 
 class MissingDependencyError(AgentrlError, ImportError):
     """An environment needs an optional dependency that is not installed."""
+
+
+class NotATextEnvError(AgentrlError, TypeError):
+    """An entry point gives a plain ``gymnasium.Env``, not an :class:`agentrl.TextEnv`.
+
+    Every agentrl command relies on what only the TextEnv contract declares: task panels
+    (``splits``, ``task_ids``), ``expert_action``, ``max_turns``, text observations and actions, and
+    the info keys (``won``, ``progress``, ...). Guessing them for an arbitrary env (seeds as tasks,
+    reward as progress) would produce numbers that mean nothing, so such envs are refused.
+    """
+
+
+#: What the commands use that a plain gymnasium.Env does not have (checked on the class).
+_TEXTENV_API = ("splits", "task_ids()", "expert_action()", "max_turns")
+
+
+def _not_a_textenv(env_id: str, cls: type) -> NotATextEnvError:
+    lacks = [name for name in _TEXTENV_API if not hasattr(cls, name.rstrip("()"))]
+    what = ", ".join(lacks) + (" and " if lacks else "") + "the info keys of the text contract"
+    return NotATextEnvError(
+        f"{env_id}: {cls.__module__}.{cls.__qualname__} is not an agentrl.TextEnv, so it lacks {what}; "
+        "subclass agentrl.TextEnv (README: Registering an environment)"
+    )
 
 
 @dataclass(frozen=True)
@@ -76,9 +101,15 @@ def register(
     ``kwargs`` are default constructor arguments; ``alias`` is a short name for :func:`make` and the
     command line; ``requires``/``extra`` let :func:`make` say which extra to install when a module is
     missing. Registering an id again replaces it.
+
+    The env must be an :class:`agentrl.TextEnv`: a class that is not is refused here with
+    :class:`NotATextEnvError`; a ``"module:Class"`` string is imported only when the env is made (so
+    listing envs imports no engine), and :func:`make` refuses it then.
     """
     if "/" not in id or "-v" not in id:
         raise ValueError(f"env ids look like 'namespace/Name-vN', got {id!r}")
+    if inspect.isclass(entry_point) and not issubclass(entry_point, TextEnv):
+        raise _not_a_textenv(id, entry_point)
     if id in gym.registry:
         del gym.registry[id]
     gym.register(
@@ -113,7 +144,7 @@ def list_envs() -> list[EnvEntry]:
 
 
 def resolve(id_or_alias: str) -> EnvEntry:
-    """Find the entry for an id (``agentrl/WebShop-v0``) or alias (``webshop``)."""
+    """Find the entry for an id (``agentrl/WebShop-v1``) or alias (``webshop``)."""
     _load_plugins()
     if id_or_alias in _ENTRIES:
         return _ENTRIES[id_or_alias]
@@ -145,12 +176,19 @@ def make(id_or_alias: str, **kwargs: Any):
     Returns the env itself (no Gymnasium wrappers), so ``task_ids`` and ``expert_action`` are
     directly callable. An ``http(s)://`` URL is an env served by ``agentrl env-serve``: a
     :class:`~agentrl.envserver.client.RemoteEnv` session on it (``split``, ``max_turns`` as usual).
+    Raises :class:`NotATextEnvError` (after closing it) when the entry point built a plain
+    ``gymnasium.Env``.
     """
     if id_or_alias.startswith(("http://", "https://")):
         return gym.make(REMOTE_ID, url=id_or_alias, **kwargs).unwrapped
     entry = resolve(id_or_alias)
     _check_installed(entry)
-    return gym.make(entry.id, **kwargs).unwrapped
+    env = gym.make(entry.id, **kwargs).unwrapped
+    if not isinstance(env, TextEnv):
+        error = _not_a_textenv(entry.id, type(env))
+        env.close()
+        raise error
+    return env
 
 
 def env_class(id_or_alias: str) -> type | None:
@@ -198,7 +236,7 @@ def _register_builtins() -> None:
         extra="scienceworld",
     )
     register(
-        "agentrl/WebShop-v0",
+        "agentrl/WebShop-v1",
         "agentrl.environments.webshop.env:WebShopEnv",
         alias="webshop",
         description="WebShop's text shop (search/click, original reward); real catalog via data_dir, else a small built-in one (not the benchmark)",

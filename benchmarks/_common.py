@@ -13,6 +13,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def git_sha() -> str:
+    """The commit measured: ``$AGENTRL_GIT_SHA`` when set (a copied tree without .git), else ``git rev-parse HEAD``."""
+    import os
+
+    if os.environ.get("AGENTRL_GIT_SHA"):
+        return os.environ["AGENTRL_GIT_SHA"]
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
                               cwd=Path(__file__).parent).stdout.strip()
@@ -22,7 +27,7 @@ def git_sha() -> str:
 
 #: Packages whose versions can change a result; recorded with every benchmark.
 PACKAGES = ("agentrl", "torch", "transformers", "tokenizers", "numpy", "textworld", "alfworld", "scienceworld",
-            "gymnasium", "sqlalchemy", "triton", "peft")  # fmt: skip
+            "gymnasium", "sqlalchemy", "triton", "peft", "vllm")  # fmt: skip
 
 
 def package_versions() -> dict[str, str | None]:

@@ -33,7 +33,20 @@ weaker warm-up (64 demonstrations: 0.17) and a larger RL step (1e-3, two mini-ba
 iteration), 15 iterations gave +0.105 / +0.145. The defaults are those last settings.
 
 Runs go two at a time in separate processes (one thread each: 2 cores). Prints the table, writes
-``benchmarks/results/learning_sanity.json`` and ``learning_sanity.png`` (rollout curves, before/after).
+``benchmarks/results/<name>.json`` and ``<name>.png`` (rollout curves, before/after); ``--name``
+defaults to ``learning_sanity``.
+
+The harder comparison (issues 18 and 22): ``--difficulty medium --max-turns 8 --algorithms grpo gigpo
+empg epo --name learning_compare`` (quests of 4 actions over 4 rooms; every algorithm sees the same
+tasks, group size and iterations: equal samples).
+
+Reproducibility. The script is deterministic on one machine (two full runs give identical tables).
+Across machines, floating-point results depend on the CPU's vector instructions (PyTorch's and MKL's
+kernels differ between AVX2 and AVX-512), and a small change in the warm-up flips sampled actions of
+a model this size; so the script pins both to AVX2 (``ATEN_CPU_CAPABILITY``, ``MKL_CBWR``, set before
+torch is imported, overridable) and records, with the result, the package versions, the CPU, the
+threads and the SHA-256 of everything it generates (the tokenizer, the initial and warm-up weights, the
+TextWorld games it played): comparing two results' fingerprints says which of those differed.
 """
 
 from __future__ import annotations
@@ -50,16 +63,21 @@ from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 
-from _common import RESULTS, write_result
+# Before torch is imported anywhere: the same vector code paths on every x86 machine (see the docstring).
+os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
+os.environ.setdefault("MKL_CBWR", "AVX2")
+
+from _common import RESULTS, write_result  # noqa: E402
 
 ALGORITHMS = ("grpo", "empg", "epo")
+KNOWN_ALGORITHMS = ("grpo", "empg", "epo", "gigpo")
 
 
-def corpus(n_tasks: int = 150) -> list[str]:
+def corpus(n_tasks: int = 150, difficulty: str = "easy") -> list[str]:
     """First observations, instructions and admissible actions of train games, to train the tokenizer."""
     import agentrl
 
-    env = agentrl.make("textworld", split="train")
+    env = agentrl.make("textworld", split="train", difficulty=difficulty)
     texts = []
     for task in env.task_ids()[:n_tasks]:
         obs, info = env.reset(options={"task": task})
@@ -77,7 +95,41 @@ def learner_config(algorithm: str, iterations: int, lr: float, mini_batches: int
         return replace(base, shaping=["empg"])
     if algorithm == "epo":
         return replace(base, terms=["epo"])
+    if algorithm == "gigpo":  # verl-agent's defaults (gamma 0.95, omega 1, std normalisation); TextWorld pays 1 per quest step
+        return replace(base, advantage="gigpo")
     return base
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def fingerprints(work: Path, difficulty: str) -> dict:
+    """SHA-256 of what the run generated, and the machine facts that change floating-point results."""
+    import hashlib
+    import platform
+
+    import torch
+
+    from agentrl.environments.textworld.env import cache_dir
+
+    games = sorted((cache_dir() / difficulty).glob("*.z8"), key=lambda p: int(p.stem))
+    combined = hashlib.sha256()
+    for game in games:
+        combined.update(f"{game.stem}:{sha256(game)}\n".encode())
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())  # fmt: skip
+    return {
+        "tokenizer": sha256(work / "init" / "tokenizer.json"),
+        "init_weights": sha256(work / "init" / "model.safetensors"),
+        "warmup_weights": sha256(work / "warmup" / "model" / "model.safetensors"),
+        "games": {"count": len(games), "sha256": combined.hexdigest()},
+        "machine": {"cpu": cpu, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                    "ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY"), "MKL_CBWR": os.environ.get("MKL_CBWR"),
+                    "cores": os.cpu_count()},  # fmt: skip
+    }
 
 
 def run(kwargs: dict, threads: int = 1) -> dict:
@@ -131,7 +183,10 @@ def plot_summary(rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
+    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=KNOWN_ALGORITHMS)
+    parser.add_argument("--difficulty", default="easy", help="TextWorld quests: easy (2 rooms, 2 actions), medium, hard")
+    parser.add_argument("--max-turns", type=int, default=4, help="turn budget per episode")
+    parser.add_argument("--name", default="learning_sanity", help="result file name under benchmarks/results")
     parser.add_argument("--sft-episodes", type=int, default=64, help="expert episodes of the warm-up")
     parser.add_argument("--sft-epochs", type=int, default=6)
     parser.add_argument("--iterations", type=int, default=15)
@@ -157,11 +212,12 @@ def main() -> None:
 
     started = time.perf_counter()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="agentrl-learning-"))
-    model_dir = None if args.reuse_warmup else tiny_model(work / "init", corpus(), vocab_size=2000, hidden_size=128, num_layers=4,
-                           num_heads=4, num_kv_heads=2, intermediate_size=384)
-    common = dict(output_dir=str(work), overwrite=True, max_turns=4, eval_tasks=args.eval_tasks, max_new_tokens=32,
-                  layout="per_step", history=0, admissible_only=True, temperature=1.0,
-                  eval_temperature=1.0, eval_samples=args.eval_samples)
+    model_dir = None if args.reuse_warmup else tiny_model(work / "init", corpus(difficulty=args.difficulty), vocab_size=2000,
+                                                          hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
+                                                          intermediate_size=384)  # fmt: skip
+    common = dict(output_dir=str(work), overwrite=True, max_turns=args.max_turns, env_args={"difficulty": args.difficulty},
+                  eval_tasks=args.eval_tasks, max_new_tokens=32, layout="per_step", history=0, admissible_only=True,
+                  temperature=1.0, eval_temperature=1.0, eval_samples=args.eval_samples)  # fmt: skip
 
     # 1. the warm-up checkpoint every RL run starts from
     if args.reuse_warmup and (work / "warmup" / "summary.json").exists():
@@ -195,7 +251,7 @@ def main() -> None:
                          "curve_iterations": [0] + [e["iteration"] for e in out["evaluations"]]})
             print(f"{algorithm:5s} seed {seed}: valid success {before:.3f} -> {after:.3f} (curve {curve})", flush=True)
     add_rollout_curves(work, rows)
-    plot_summary(rows, RESULTS / "learning_sanity.png")
+    plot_summary(rows, RESULTS / f"{args.name}.png")
 
     minutes = (time.perf_counter() - started) / 60
     print(f"\n{'algorithm':10s} {'seed':>4s} {'warm-up':>8s} {'after RL':>9s} {'gain':>7s}")
@@ -210,11 +266,12 @@ def main() -> None:
         print(f"{algorithm}: after RL {by_algo[algorithm]['mean_success']:.3f} +- {by_algo[algorithm]['std_success']:.3f} "
               f"(gain {by_algo[algorithm]['mean_gain']:+.3f}, min {min(gains):+.3f}, max {max(gains):+.3f})")
     print(f"total {minutes:.1f} min (warm-up {warm_minutes:.1f} min)")
-    write_result("learning_sanity", {
+    write_result(args.name, {
         "args": vars(args), "warmup": {"success_rate": warm_success, **warm["sft"], "minutes": warm_minutes},
         "rows": rows, "by_algorithm": by_algo, "minutes": minutes,
         "protocol": {**common, "model": "Qwen2 4 layers, hidden 128, vocab 2000 (tiny_model)", "eval_split": "valid",
-                     "greedy_eval": True},
+                     "eval": f"{args.eval_samples} sampled episodes (T=1) per task"},
+        "fingerprints": fingerprints(work, args.difficulty),
     })
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)

@@ -22,7 +22,6 @@ setting, more iterations make it online. ``iterations=0`` only evaluates.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +34,7 @@ def _paper_learner() -> LearnerConfig:
     # lr 1.4e-5 and 4 epochs from the paper; kl 0.2 is trl's PPO initial KL coefficient, which the
     # paper's code used; LoRA r=1 from the paper with llama-recipes' alpha 32 and dropout 0.05.
     return LearnerConfig(
-        lr=1.4e-5, epochs=4, terms=["kl"], options={"kl": {"coef": 0.2}}, total_steps=40, micro_batch_tokens=16384,
+        lr=1.4e-5, epochs=4, terms=["kl"], options={"kl": {"coef": 0.2}}, micro_batch_tokens=16384,
         lora=LoRAConfig(r=1, alpha=32, dropout=0.05),
     )  # fmt: skip
 
@@ -63,7 +62,7 @@ class Config(RunOptions):
     normalize: str = setting("batch", "rating normalisation for the advantage: batch or task")
     actor_temperature: float = setting(0.0, "actor sampling temperature (greedy, as in Reflexion)")
     actor_max_new_tokens: int = setting(128, "actor tokens per turn")
-    reflector_temperature: float = setting(1.0, "reflector sampling temperature (also the learner's)")
+    reflector_temperature: float = setting(1.0, "reflector sampling temperature (recorded with each reflection; the learner uses it)")
     reflector_max_new_tokens: int = setting(256, "tokens per reflection")
     max_parallel: int = setting(16, "live episodes at once (one batched generate per turn)")
     layout: str = setting("concat", "actor token layout: concat or per_step")
@@ -117,7 +116,7 @@ def main(cfg: Config) -> dict[str, Any]:
                                      env_id=entry.id)  # fmt: skip
         trial_run, reflection_run = runs["trials"], runs["reflections"]
         logger = run.metrics_logger()
-        learner_config = dataclasses.replace(cfg.learner, temperature=cfg.reflector_temperature)  # score as sampled
+        learner_config = cfg.learner.for_run(cfg.iterations)  # the reflections carry their sampling temperature
         learner = Learner(reflector_policy.model, learner_config, pad_token_id=reflector_policy.pad_id, logger=logger)
         resumed = run.restore({"reflector": learner})
         reflector_policy.version = learner.step

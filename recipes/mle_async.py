@@ -1,11 +1,16 @@
 """Asynchronous, duration-aware RL on ML-engineering tasks (arXiv 2509.01684), Ray rollout workers.
 
 The paper's setting: an action is a whole program that trains a model, and programs take from a
-second (a crash) to minutes (real training). Rollout workers therefore run asynchronously and
-fast, poor programs would flood every batch; duration-aware updates weight each action's
-policy-gradient term by ``env_seconds / mean_batch(env_seconds)`` to undo that. Rewards are the MLE
-env's partial credit (+0.1 per progress milestone the instrumented program prints, the normalized
-score of a valid submission, a penalty for a failed run).
+second (a crash) to minutes (real training), so rollout workers run asynchronously. The paper
+weights each action's policy-gradient term by ``dt / mean_batch(dt)`` against fast actions flooding
+the batches; that weight is right only for its arrival model, which agentrl's workers do not have
+(:mod:`agentrl.algorithms.duration`). Here every worker plays whole groups and, with the default
+``batching=group``, every fresh group is used whatever it cost: no arrival bias, no weight.
+``batching=window`` takes whatever finished within each ``window_s`` seconds instead and drops
+groups that started too long ago; set ``learner.shaping=[inclusion]`` with it to weight each used
+group by the inverse of its chance of being used (README, "Duration-aware updates"). Rewards are
+the MLE env's partial credit (+0.1 per progress milestone the instrumented program prints, the
+normalized score of a valid submission, a penalty for a failed run).
 
 Read it top to bottom:
 
@@ -15,15 +20,16 @@ Read it top to bottom:
    second attempt that sees the first one's outcome and whose workspace keeps ``solution.py``);
 3. the actor-learner loop (:mod:`agentrl.distributed.actor_learner`): workers play groups with the
    newest weights they have and write them to the store; the learner takes whole groups at most
-   ``max_staleness`` versions old, updates (PPO-clip against the behaviour log-probs = clipped
-   importance ratio, GRPO advantages, duration weights) and publishes the new weights;
+   ``max_staleness`` versions old (or, with ``batching=window``, what finished within each window),
+   updates (PPO-clip against the behaviour log-probs = clipped importance ratio, GRPO advantages)
+   and publishes the new weights;
 4. the final weights go to ``output_dir/run_name/model`` (LoRA merged).
 
 With ``learner.lora`` set the learner trains adapters and publishes only them (PEFT's format, a few
 MB per version); workers apply them to their copy of the base model.
 
-Paper defaults where they apply: 128 episodes per update (16 groups of 8), lr 1e-5, duration
-weighting on. ``agentrl train mle_async model=PATH_OR_HUB_ID`` (``--ray ADDRESS`` sets ``ray``). Under
+Paper defaults where they apply: 128 episodes per update (16 groups of 8), lr 1e-5.
+``agentrl train mle_async model=PATH_OR_HUB_ID`` (``--ray ADDRESS`` sets ``ray``). Under
 ``torchrun --nproc-per-node N $(which agentrl) train mle_async ...`` the learner is FSDP2 over the N
 ranks (:mod:`agentrl.distributed.fsdp`): rank 0 drives the workers and broadcasts each batch.
 """
@@ -35,6 +41,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentrl.config import ConfigError, setting
+from agentrl.distributed.batching import check_shaping
+from agentrl.distributed.rollout_engine import RolloutConfig
 from agentrl.training.config import LearnerConfig
 from agentrl.training.run import RunOptions
 
@@ -60,16 +68,20 @@ class Config(RunOptions):
     updates: int = setting(50, "learner updates")
     group_size: int = setting(8, "episodes per task (GRPO group)")
     groups_per_update: int = setting(16, "groups per update: 16 x 8 = the paper's batch of 128")
-    max_staleness: int = setting(2, "oldest usable policy version = current - max_staleness (0 = synchronous)")
+    max_staleness: int = setting(
+        2, 'oldest usable version = current - max_staleness (0 = synchronous); in windows for "window"'
+    )
+    batching: str = setting("group", '"group": every fresh whole group is used; "window": what finished within each window_s')
+    window_s: float = setting(900.0, "batching=window: window length; keep (max_staleness + 1) * window_s > the slowest group")
     wait_timeout_s: float = setting(1800.0, "stop with a clear error when no fresh episode arrives for this long")
     max_worker_restarts: int = setting(5, "dead workers replaced at most this many times per run")
     temperature: float = setting(1.0, "rollout sampling temperature")
     max_new_tokens: int = setting(1024, "tokens per attempt (a whole program)")
     seed: int = setting(0, "seeds task draws, sampling and the learner")
-    learner: LearnerConfig = setting(
-        factory=lambda: LearnerConfig(lr=1e-5, total_steps=50, shaping=["duration"]),
-        doc="the update (duration weighting on)",
+    rollout: RolloutConfig = setting(
+        factory=RolloutConfig, doc="workers' engine: hf, vllm (worker_gpus > 0) or openai (url: one server per worker)"
     )
+    learner: LearnerConfig = setting(factory=lambda: LearnerConfig(lr=1e-5), doc="the update")
 
 
 def main(cfg: Config) -> dict[str, Any]:
@@ -87,6 +99,7 @@ def main(cfg: Config) -> dict[str, Any]:
     from agentrl.policies.hf import load_model_and_tokenizer
     from agentrl.policies.sources import hub_revision, load_pretrained
     from agentrl.provenance import git_sha
+    from agentrl.training.exactness import check_behaviour_logprobs
     from agentrl.training.learner import Learner
     from agentrl.training.run import Run, iteration_line
 
@@ -98,6 +111,17 @@ def main(cfg: Config) -> dict[str, Any]:
                           hint="no download needed: `agentrl model tiny ./tiny` writes a small model")  # fmt: skip
     if not 0 <= cfg.improve_fraction <= 1:
         raise ConfigError(f"improve_fraction must be in [0, 1], got {cfg.improve_fraction}")
+    cfg.rollout.validate()
+    if cfg.rollout.backend == "vllm" and cfg.worker_gpus <= 0:
+        raise ConfigError("rollout.backend=vllm runs a vLLM engine in every worker: set worker_gpus > 0")
+    if cfg.rollout.backend == "openai" and len([u for u in cfg.rollout.url.split(",") if u.strip()]) < cfg.workers:
+        raise ConfigError(f"rollout.backend=openai needs one server per worker: rollout.url lists fewer than {cfg.workers}")
+    try:
+        check_shaping(cfg.batching, cfg.learner.shaping)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if cfg.batching == "window" and not cfg.window_s > 0:
+        raise ConfigError(f"window_s must be > 0 seconds with batching=window, got {cfg.window_s}")
     if world > 1 and cfg.resume:
         raise ConfigError("resume is not supported under torchrun yet (the FSDP learner has no checkpoint)",
                           hint="resume it in one process, or start a new run_name")  # fmt: skip
@@ -122,10 +146,10 @@ def main(cfg: Config) -> dict[str, Any]:
             from agentrl.distributed.fsdp import FSDPLearner, RankZeroLearner
 
             dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-            learner = RankZeroLearner(FSDPLearner(model, cfg.learner, pad_token_id=pad_id, logger=logger))
+            learner = RankZeroLearner(FSDPLearner(model, cfg.learner.for_run(cfg.updates), pad_token_id=pad_id, logger=logger))
             run.no_checkpoints = "the FSDP learner has no checkpoint yet"
         else:
-            learner = Learner(model, cfg.learner, pad_token_id=pad_id, logger=logger)
+            learner = Learner(model, cfg.learner.for_run(cfg.updates), pad_token_id=pad_id, logger=logger)
             run.restore({"learner": learner})
         entry = agentrl.registry.resolve(cfg.env)
         store, runs = run.open_store({"main": cfg.run_name}, env_id=entry.id)
@@ -140,7 +164,8 @@ def main(cfg: Config) -> dict[str, Any]:
             model=cfg.model, env=entry.id, store=run.record["store"], run_id=run_id, weights_dir=str(weights_dir.resolve()),
             env_args=dict(cfg.env_args), variants={"scratch": {"max_turns": 1}, "improve": {"max_turns": 2}},
             split=cfg.split, max_turns=2, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-            max_parallel=cfg.max_parallel, seed=cfg.seed, revision=revision,
+            max_parallel=cfg.max_parallel, seed=cfg.seed, revision=revision, rollout=cfg.rollout,
+            lora_rank=cfg.learner.lora.r if cfg.learner.lora is not None else None,
         )  # fmt: skip
         probe = agentrl.make(entry.id, split=cfg.split, **cfg.env_args)
         panel = probe.task_ids(cfg.split)[: cfg.train_tasks or None]
@@ -156,6 +181,13 @@ def main(cfg: Config) -> dict[str, Any]:
         summary = state["summary"]
 
         # 3. the actor-learner loop; each update (with its publish and this callback) is one commit of the run
+        def check_batch(batch: list) -> dict[str, Any]:  # fresh episodes' engine log-probs == the learner's?
+            rollout = cfg.rollout
+            if world > 1 or not rollout.check_every or learner.step % rollout.check_every:
+                return {}
+            return check_behaviour_logprobs(learner, batch, max_tokens=rollout.check_tokens, tolerance=rollout.tolerance,
+                                            on_mismatch=rollout.on_mismatch)  # fmt: skip
+
         def on_update(result: dict[str, Any]) -> None:
             flat = {k: v for k, v in result.items() if k != "learner"}
             logger.log(learner.step, flat)
@@ -177,9 +209,10 @@ def main(cfg: Config) -> dict[str, Any]:
             driver = ActorLearner(
                 learner, store, spec, workers=cfg.workers, group_size=cfg.group_size,
                 groups_per_update=cfg.groups_per_update, sample_task=sample_task, max_staleness=cfg.max_staleness,
+                batching=cfg.batching, window_s=cfg.window_s,
                 wait_timeout_s=cfg.wait_timeout_s, max_worker_restarts=cfg.max_worker_restarts,
                 worker_cpus=cfg.worker_cpus, worker_gpus=cfg.worker_gpus, seed=cfg.seed, on_update=on_update,
-                around_update=commit_update,
+                check_batch=check_batch, around_update=commit_update,
             )  # fmt: skip
             if state["driver"] is not None:
                 driver.load_state_dict(state["driver"])
@@ -216,7 +249,7 @@ def _follow(cfg: Config, device: str) -> dict[str, Any]:
 
     model, tokenizer = load_model_and_tokenizer(cfg.model, device=device)
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    fsdp = FSDPLearner(model, cfg.learner, pad_token_id=tokenizer.pad_token_id or 0, logger=None)
+    fsdp = FSDPLearner(model, cfg.learner.for_run(cfg.updates), pad_token_id=tokenizer.pad_token_id or 0, logger=None)
     try:
         return {"rank": dist.get_rank(), "updates": follow_updates(fsdp)}
     finally:

@@ -18,4 +18,4 @@ __all__ = ["Config", "main"]
 @dataclass
 class Config(GRPOConfig):
     run_name: str = setting("textworld_empg", "run directory name under output_dir")
-    learner: LearnerConfig = setting(factory=lambda: LearnerConfig(lr=1e-5, total_steps=20, shaping=["empg"]), doc="the update, with EMPG")
+    learner: LearnerConfig = setting(factory=lambda: LearnerConfig(lr=1e-5, shaping=["empg"]), doc="the update, with EMPG")

@@ -19,4 +19,4 @@ __all__ = ["Config", "main"]
 @dataclass
 class Config(GRPOConfig):
     run_name: str = setting("textworld_epo", "run directory name under output_dir")
-    learner: LearnerConfig = setting(factory=lambda: LearnerConfig(lr=1e-5, total_steps=20, terms=["epo"]), doc="the update, with EPO")
+    learner: LearnerConfig = setting(factory=lambda: LearnerConfig(lr=1e-5, terms=["epo"]), doc="the update, with EPO")

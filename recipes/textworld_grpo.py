@@ -3,11 +3,15 @@
 This is the reference loop every online recipe shares (the benchmark recipes are this loop with the
 papers' defaults). Read it top to bottom:
 
-1. load the policy (a Hugging Face model directory or Hub id) and wrap it in the LLM agent's prompt format;
+1. load the policy (a Hugging Face model directory or Hub id) on the rollout backend (``rollout.backend``:
+   ``hf`` in this process, ``vllm`` in this process, ``openai`` a server) and wrap it in the LLM agent's
+   prompt format;
 2. optionally warm up by supervised fine-tuning on expert demonstrations (``sft_episodes > 0``);
 3. per iteration: draw ``tasks_per_iteration`` train tasks, play ``group_size`` episodes of each
    with the current weights (one batched generate per turn), write them to the store, and give
-   them to the learner (advantages + PPO-clip update, EMPG/EPO when configured);
+   them to the learner (advantages + PPO-clip update, EMPG/EPO when configured); the rollout engine
+   then loads the new weights, and the next batch's behaviour log-probs are checked against the
+   learner's (``rollout/exact/*`` metrics);
 4. every ``eval_every`` iterations, evaluation on the first ``eval_tasks`` of the eval panel (greedy,
    or ``eval_samples`` sampled episodes per task at ``eval_temperature``).
 
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentrl.config import ConfigError, setting
+from agentrl.distributed.rollout_engine import RolloutConfig
 from agentrl.training.config import LearnerConfig
 from agentrl.training.run import RunOptions
 
@@ -64,19 +69,26 @@ class Config(RunOptions):
     sft_lr: float = setting(1e-3, "warm-up learning rate")
     sft_batch_tokens: int = setting(2048, "padded tokens per warm-up optimizer step")
     seed: int = setting(0, "seeds task draws, sampling and the learner")
-    learner: LearnerConfig = setting(factory=lambda: LearnerConfig(lr=1e-5, total_steps=20), doc="the update")
+    rollout: RolloutConfig = setting(factory=RolloutConfig, doc="the generating engine: hf, vllm or openai (a server)")
+    learner: LearnerConfig = setting(
+        factory=lambda: LearnerConfig(lr=1e-5), doc="the update (its schedule spans the run's iterations unless total_steps is set)"
+    )
 
 
 def main(cfg: Config) -> dict[str, Any]:
+    import shutil
+
     import numpy as np
     import torch
 
     import agentrl
     from agentrl.agents.llm import LLMAgent, prompt_format_for
+    from agentrl.distributed.rollout_engine import build_rollout_engine
     from agentrl.evaluation import eval_panel, evaluate_model
-    from agentrl.policies import HFPolicy, SamplingParams
+    from agentrl.policies import SamplingParams
     from agentrl.provenance import git_sha
     from agentrl.rollout import Collector, ModelActor
+    from agentrl.training.exactness import check_behaviour_logprobs
     from agentrl.training.learner import Learner
     from agentrl.training.run import Run, iteration_line, phase_seed
     from agentrl.training.sft import demonstrations, sft_update
@@ -86,11 +98,17 @@ def main(cfg: Config) -> dict[str, Any]:
     if not cfg.model:
         raise ConfigError("set model=PATH_OR_HUB_ID (a Hugging Face model directory or Hub id) for this recipe",
                           hint="no download needed: `agentrl model tiny ./tiny` writes a small model to train")  # fmt: skip
+    cfg.rollout.validate()  # a misconfigured backend is refused before the run directory exists
     with run:
-        # 1. policy, agent, environments, store, metrics, learner (restored from the checkpoint on resume)
+        # 1. policy (on the rollout backend), agent, environments, store, metrics, learner (restored on resume)
         torch.manual_seed(cfg.seed)
-        policy = HFPolicy(cfg.model, seed=cfg.seed)
-        agent = LLMAgent(policy.tokenizer, prompt_format_for(cfg.env), layout=cfg.layout, history=cfg.history,
+        lora_rank = cfg.learner.lora.r if cfg.learner.lora is not None else None
+        if run.resumed:  # versions published after the checkpoint must not reach the engine
+            shutil.rmtree(run.directory / "weights", ignore_errors=True)
+        rollout_engine = run.closes(build_rollout_engine(cfg.rollout, cfg.model, weights_dir=run.directory / "weights",
+                                                         seed=cfg.seed, lora_rank=lora_rank))  # fmt: skip
+        policy = rollout_engine.policy
+        agent = LLMAgent(rollout_engine.tokenizer, prompt_format_for(cfg.env), layout=cfg.layout, history=cfg.history,
                          admissible_only=cfg.admissible_only)  # fmt: skip
         entry = agentrl.registry.resolve(cfg.env)
 
@@ -100,9 +118,9 @@ def main(cfg: Config) -> dict[str, Any]:
         store, store_runs = run.open_store({"main": cfg.run_name}, env_id=entry.id)
         run_id = store_runs["main"]
         logger = run.metrics_logger()
-        learner = Learner(policy.model, cfg.learner, pad_token_id=policy.pad_id, logger=logger)
+        learner = Learner(rollout_engine.train_model, cfg.learner.for_run(cfg.iterations), pad_token_id=rollout_engine.pad_id,
+                          logger=logger)  # fmt: skip
         resumed = run.restore({"learner": learner})
-        policy.version = learner.step
         train_panel = make_env(cfg.train_split).task_ids(cfg.train_split)[: cfg.train_tasks or None]
         sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                   stop=("</action>",), return_entropies=True)  # fmt: skip
@@ -123,7 +141,7 @@ def main(cfg: Config) -> dict[str, Any]:
             env = make_env(cfg.eval_split)
             panel = eval_panel(env, cfg.eval_split, cfg.eval_tasks)  # spread over task types (ALFWorld, ScienceWorld)
             env.close()
-            policy.reseed(phase_seed(cfg.seed, iteration, "eval"))
+            rollout_engine.reseed(phase_seed(cfg.seed, iteration, "eval"))
             with run.track(f"evaluation after {iteration} iterations", len(panel) * cfg.eval_samples) as bar:
                 report, _ = evaluate_model(lambda: make_env(cfg.eval_split), policy, agent, env_id=entry.id,
                                            split=cfg.eval_split, panel=panel, sampling=eval_sampling,
@@ -151,24 +169,26 @@ def main(cfg: Config) -> dict[str, Any]:
                                                      on_episode=bar.advance) if ep.won]  # fmt: skip
             env.close()
             with run.track(f"warm-up: {cfg.sft_epochs} epochs on {len(demos)} demonstrations") as bar:
-                history = sft_update(policy.model, demos, lr=cfg.sft_lr, epochs=cfg.sft_epochs, pad_token_id=policy.pad_id,
-                                     micro_batch_tokens=cfg.sft_batch_tokens, seed=cfg.seed, on_step=bar.update)  # fmt: skip
+                history = sft_update(rollout_engine.train_model, demos, lr=cfg.sft_lr, epochs=cfg.sft_epochs,
+                                     pad_token_id=rollout_engine.pad_id, micro_batch_tokens=cfg.sft_batch_tokens,
+                                     seed=cfg.seed, on_step=bar.update)  # fmt: skip
             summary["sft"] = {"demonstrations": len(demos), "first_loss": history[0]["loss"], "last_loss": history[-1]["loss"]}
             store.write_episodes(run_id, demos)
             run.say(f"[{cfg.run_name}] warm-up on {len(demos)} demonstrations: loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}")
+        rollout_engine.sync(learner)  # the engine runs the learner's weights (after the warm-up, or as resumed)
         with run.critical():
             pass  # commit the starting point (after the warm-up)
         if eval_due(state["iteration"]) and state["evaluated"] < state["iteration"]:
             evaluate(state["iteration"])  # before the first iteration, or the one a resumed run had not done yet
         run.maybe_checkpoint(state["iteration"])
 
-        # 3. collect -> store -> update, one phase seed each
+        # 3. collect -> store -> check the behaviour log-probs -> update -> sync the rollout engine, one phase seed each
         with Collector(lambda: make_env(cfg.train_split), ModelActor(policy, agent, sampling), env_id=entry.id,
                        max_parallel=cfg.max_parallel, split=cfg.train_split) as collector:
             for iteration in range(state["iteration"] + 1, cfg.iterations + 1):
                 started = time.perf_counter()
                 rng = np.random.default_rng(phase_seed(cfg.seed, iteration, "tasks"))
-                policy.reseed(phase_seed(cfg.seed, iteration, "rollout"))
+                rollout_engine.reseed(phase_seed(cfg.seed, iteration, "rollout"))
                 torch.manual_seed(phase_seed(cfg.seed, iteration, "learner"))
                 tasks = [str(t) for t in rng.choice(train_panel, size=cfg.tasks_per_iteration, replace=False)]
                 generated = collector.stats["tokens_generated"]
@@ -183,10 +203,15 @@ def main(cfg: Config) -> dict[str, Any]:
                     "rollout/seconds": rollout_seconds,
                     "rollout/tokens_per_s": (collector.stats["tokens_generated"] - generated) / max(rollout_seconds, 1e-9),
                 }
+                if cfg.rollout.check_every and iteration % cfg.rollout.check_every == 0:  # engine log-probs == learner's?
+                    exact = check_behaviour_logprobs(learner, episodes, max_tokens=cfg.rollout.check_tokens,
+                                                     tolerance=cfg.rollout.tolerance, on_mismatch=cfg.rollout.on_mismatch)
+                    rollout.update({f"rollout/{k}": v for k, v in exact.items()})
                 with run.critical():  # store, update and metrics: all of it or (after a kill) none of it
                     store.write_episodes(run_id, episodes)
+                    rollout_engine.sleep()  # a colocated vLLM engine frees the GPU for the update
                     updates = learner.update(episodes)
-                    policy.version = learner.step
+                    rollout.update(rollout_engine.sync(learner))  # the engine now runs version learner.step
                     logger.log(learner.step, {"iteration": iteration, **rollout})
                     state["iteration"] = iteration
                 run.say(iteration_line(cfg.run_name, iteration, cfg.iterations,
@@ -198,7 +223,7 @@ def main(cfg: Config) -> dict[str, Any]:
 
         # 4. save
         learner.export_pretrained(run.directory / "model")
-        policy.tokenizer.save_pretrained(run.directory / "model")
+        rollout_engine.tokenizer.save_pretrained(run.directory / "model")
         summary.update(model=str(run.directory / "model"), store=run.record["store"], git_sha=git_sha())
         run.write_json("summary.json", summary)
         run.say(f"[{cfg.run_name}] done: model in {run.directory / 'model'}, metrics in {logger.path}, "

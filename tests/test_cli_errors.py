@@ -76,7 +76,7 @@ def assert_one_line_error(out: subprocess.CompletedProcess, first_line: str, hin
          "'<difficulty>/<seed>' with difficulty one of easy, medium, hard (e.g. 'easy/100003')", "tasks of split 'train': easy/0,"),
         # errors met while working: a model path, a recipe's own check, a metrics file
         (("train", "textworld_grpo", "model=./missing"),
-         "error: model path './missing' is not a Hugging Face model directory (no config.json there)", "save_pretrained"),
+         "error: model './missing' not found: no such local directory", "save_pretrained"),
         (("train", "textworld_grpo", "learner.lr=fast"), "error: config key 'learner.lr': Input should be a valid number, "
          "unable to parse string as a number (got 'fast')", "--show-config` lists the keys"),
         (("plot", "/nonexistent/run"), "error: no metrics file at /nonexistent/run", "metrics.jsonl"),

@@ -93,6 +93,30 @@ def test_describe_lists_the_options_of_the_plugins_in_use():
     assert rows["lora.r"] == ("16 (when set)", "adapter rank")
 
 
+def test_every_recipe_key_and_every_plugin_option_has_a_description():
+    """Recipes, sections (rollout, learner, lora) and the options of every registered plug-in document each key."""
+    import importlib
+
+    from agentrl.algorithms import registry
+    from agentrl.cli.train import recipe_names
+    from agentrl.training.config import LearnerConfig, plugin_option_sections
+
+    undocumented = []
+    for name in recipe_names():
+        cfg = importlib.import_module(f"agentrl.recipes.{name}").Config()
+        undocumented += [f"{name}: {key}" for key, _, doc in describe(cfg, sections=plugin_option_sections) if not doc]
+    every_plugin = LearnerConfig(advantage="gigpo", shaping=registry.names("shaping"), policy_loss="kl_cov",
+                                 terms=registry.names("term"))  # fmt: skip
+    rows = describe(every_plugin, sections=plugin_option_sections)
+    undocumented += [key for key, _, doc in rows if not doc]
+    assert undocumented == []
+    keys = {key for key, _, _ in rows}
+    assert {"options.gigpo.gamma", "options.inclusion.max_weight", "options.entropy.coef", "options.kl_cov.k_ratio"} <= keys
+    described = {key for key, _, _ in describe(importlib.import_module("agentrl.recipes.alfworld_gigpo").Config(),
+                                               sections=plugin_option_sections)}  # fmt: skip
+    assert {"rollout.backend", "rollout.check_every", "learner.options.gigpo.omega", "learner.importance_cap"} <= described
+
+
 def test_show_config_prints_the_merged_config_after_every_override(tmp_path):
     (tmp_path / "c.yaml").write_text("learner:\n  lr: 0.125\n")
     out = subprocess.run(

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import agentrl
-from agentrl.checker import EnvCheckError, check_env
+from agentrl.checker import EnvCheckError, check_env, check_reset_output, check_step_output
 from agentrl.core import TextSpace, clean_action
 
 
@@ -162,6 +162,45 @@ class ProgressOutOfRange(Countdown):
 def test_checker_names_the_broken_rule(env_cls, rule):
     with pytest.raises(EnvCheckError, match=rf"^\[{rule}\]"):
         check_env(env_cls(max_turns=5))
+
+
+class WrongTurn(Countdown):
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        info["turn"] += 1
+        return obs, reward, terminated, truncated, info
+
+
+class NanReward(Countdown):
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, float("nan"), terminated, truncated, info
+
+
+class BlankIsValid(Countdown):
+    def _step(self, action):
+        obs, reward, terminated, info = super()._step(action)
+        info["invalid_action"] = False
+        return obs, reward, terminated, info
+
+
+@pytest.mark.parametrize(
+    ("env_cls", "action", "rule"),
+    [(NeverTruncates, "x", "max-turns"), (WrongTurn, "3", "info-keys"), (NanReward, "3", "step-api"),
+     (BlankIsValid, " \n", "garbage-action"), (ProgressOutOfRange, "3", "info-keys")],
+)  # fmt: skip
+def test_per_turn_checks_name_the_broken_rule(env_cls, action, rule):
+    env = env_cls(max_turns=1)
+    check_reset_output(env, env.reset(options={"task": "3"}))
+    with pytest.raises(EnvCheckError, match=rf"^\[{rule}\]"):
+        check_step_output(env, env.step(action), action=action, turn=1)
+
+
+def test_per_turn_checks_pass_a_good_episode():
+    env = Countdown(max_turns=2)
+    check_reset_output(env, env.reset(options={"task": "5"}))
+    assert check_step_output(env, env.step("5"), action="5", turn=1) is False
+    assert check_step_output(env, env.step(""), action="", turn=2) is True  # truncated at max_turns
 
 
 def test_text_space_accepts_any_string():

@@ -160,7 +160,8 @@ def test_batch_packs_each_transcript_as_one_sequence():
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"agg": "seq-mean-token-mean", "terms": ["kl", "epo"], "options": {"kl": {"coef": 0.2}, "epo": {"lam": 0.5}}}],
+    [{}, {"agg": "seq-mean-token-mean", "terms": ["kl", "epo"], "options": {"kl": {"coef": 0.2}, "epo": {"lam": 0.5}},
+          "total_steps": 10}],
 )
 def test_concat_transcripts_give_the_per_step_update_on_fewer_tokens(overrides):
     results = {}
@@ -263,7 +264,7 @@ def test_zero_advantages_give_zero_loss_and_leave_weights_unchanged():
     [
         {},
         {"agg": "seq-mean-token-mean"},
-        {"terms": ["epo"], "options": {"epo": {"lam": 0.5}}},
+        {"terms": ["epo"], "options": {"epo": {"lam": 0.5}}, "total_steps": 10},
         {"terms": ["kl"], "options": {"kl": {"coef": 0.3}}, "shaping": ["empg", "duration"], "advantage": "dr_grpo"},
     ],
     ids=["token-mean", "seq-mean", "epo", "kl-empg-duration"],

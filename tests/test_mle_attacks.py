@@ -64,20 +64,25 @@ def make_env(request):
 # -- 1. the host never follows a link or opens a special file in the workspace ------------------------
 
 
-def plants(victim: Path, absent: Path, host_dir: Path) -> dict[str, tuple[str, str]]:
-    """kind -> (code that puts one at `name`, what the grader must call a submission.csv of that kind)."""
+#: The sandbox itself never brings FIFOs, sockets or devices back from its quota filesystem, so the
+#: host sees no submission at all; either way the host must not open one.
+DROPPED = "did not write submission.csv"
+
+
+def plants(victim: Path, absent: Path, host_dir: Path) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """kind -> (code that puts one at `name`, what the grader may call a submission.csv of that kind)."""
     return {
-        "symlink to a host file": (f"os.symlink({str(victim)!r}, name)", "symbolic link"),
-        "symlink to a missing host path": (f"os.symlink({str(absent)!r}, name)", "symbolic link"),
-        "symlink to a host directory": (f"os.symlink({str(host_dir)!r}, name)", "symbolic link"),
-        "FIFO": ("os.mkfifo(name)", "is a FIFO"),
-        "unix socket": ("s = socket.socket(socket.AF_UNIX); s.bind(name); keep.append(s)", "is a socket"),
-        "directory": ("os.makedirs(name + '/sub'); open(name + '/sub/f', 'w').write('x')", "is a directory"),
+        "symlink to a host file": (f"os.symlink({str(victim)!r}, name)", ("symbolic link",)),
+        "symlink to a missing host path": (f"os.symlink({str(absent)!r}, name)", ("symbolic link",)),
+        "symlink to a host directory": (f"os.symlink({str(host_dir)!r}, name)", ("symbolic link",)),
+        "FIFO": ("os.mkfifo(name)", ("is a FIFO", DROPPED)),
+        "unix socket": ("s = socket.socket(socket.AF_UNIX); s.bind(name); keep.append(s)", ("is a socket", DROPPED)),
+        "directory": ("os.makedirs(name + '/sub'); open(name + '/sub/f', 'w').write('x')", ("is a directory",)),
         "hard link to a workspace file": (
             "open('keep.txt', 'w').write('mine\\n'); os.link('keep.txt', name)",
-            "missing column(s)",
+            ("missing column(s)",),
         ),
-        "setuid copy of python": ("shutil.copy(sys.executable, name); os.chmod(name, 0o4755)", "submission"),
+        "setuid copy of python": ("shutil.copy(sys.executable, name); os.chmod(name, 0o4755)", ("submission",)),
     }
 
 
@@ -109,7 +114,7 @@ def test_host_never_follows_or_opens_special_files_in_the_workspace(make_env, tm
     for kind, (code, grade_says) in plants(victim, absent, host_dir).items():
         obs, reward, terminated, truncated, info = env.step(plant_program(code))
         assert info["run_reason"] == "finished" and info["exit_code"] == 0, (kind, obs)
-        assert grade_says in info["submission_message"], (kind, info["submission_message"])
+        assert any(says in info["submission_message"] for says in grade_says), (kind, info["submission_message"])
         attacks += len(ENV_FILES)
         # the next attempts write solution.py and .run.bin, read submission.csv and must run normally
         for _ in range(2 if kind == "directory" else 1):
@@ -142,18 +147,7 @@ DEEP = "here = os.getcwd(); os.mkdir(name); os.chdir(name)\nfor _ in range(1100)
     "backend",
     [
         "bubblewrap",
-        pytest.param(
-            "docker",
-            marks=[
-                pytest.mark.docker,
-                pytest.mark.xfail(
-                    strict=True,
-                    reason="sandboxes/docker.py hands the workspace over with os.walk, which recurses in Python "
-                    "3.11: a tree deeper than ~1000 levels makes the session fail (RecursionError); the env "
-                    "turns that into a failed episode, the sandbox has to walk iteratively",
-                ),
-            ],
-        ),
+        pytest.param("docker", marks=pytest.mark.docker),
     ],
 )
 def test_trees_deeper_than_the_recursion_limit_named_like_the_envs_files(request, backend):

@@ -171,8 +171,24 @@ def test_entropy_of_uniform_logits_is_log_vocab():
 # -- constrained decoding (choices) ---------------------------------------------------------------
 
 
-def test_choices_restrict_completions_and_keep_the_models_own_logprobs(policy, prompts):
-    """Every completion is one of its prompt's choices; recorded log-probs are the unconstrained model's."""
+def restricted_reference(model, prompt: list[int], completion: Completion, temperature: float = 1.0):
+    """Float64 ``log q`` and ``H(q)`` of a completion: its tokens' distribution restricted to their allowed
+    sets (``completion.allowed``) and renormalised; the full distribution where decoding was free."""
+    _, _, logits = reference_logprobs(model, prompt, completion.token_ids, temperature)
+    logp, entropy = [], []
+    for i, token in enumerate(completion.token_ids):
+        allowed = (completion.allowed or [None] * len(completion.token_ids))[i]
+        row = logits[i] if allowed is None else logits[i, allowed]
+        q = torch.log_softmax(row, -1)
+        index = token if allowed is None else allowed.index(token)
+        logp.append(q[index].item())
+        entropy.append(-(q.exp() * q).sum().item())
+    return logp, entropy
+
+
+def test_choices_restrict_completions_and_record_the_distribution_they_were_drawn_from(policy, prompts):
+    """Every completion is one of its prompt's choices; recorded log-probs and entropies are those of q,
+    the model's distribution restricted to the allowed tokens (recorded per token) and renormalised."""
     vocab = policy.tokenizer
     options = [vocab(f"<action>{a}</action>", add_special_tokens=False)["input_ids"] for a in ("open fridge", "go east", "take apple from fridge")]
     choices = [options, options[:1], None]
@@ -182,16 +198,42 @@ def test_choices_restrict_completions_and_keep_the_models_own_logprobs(policy, p
         assert completions[0].token_ids in options and completions[0].finish_reason == "stop"
         assert completions[1].token_ids == options[0]
         assert completions[2].token_ids not in options and len(completions[2].token_ids) == 20  # unconstrained
+        assert completions[2].allowed == [None] * 20
         # loss mask: 0 exactly where the options left one possible next token (the <action> tag, the single option)
         for completion, row in zip(completions, choices, strict=True):
             expected = [int(len({o[i] for o in (row or []) if o[:i] == completion.token_ids[:i]}) != 1) for i in range(len(completion.token_ids))]
             assert completion.loss_mask == expected
+            if row is not None:  # the allowed set of every token is the options' next tokens after its prefix
+                assert completion.allowed == [sorted({o[i] for o in row if o[:i] == completion.token_ids[:i]})
+                                              for i in range(len(completion.token_ids))]  # fmt: skip
         assert 0 < sum(completions[0].loss_mask) < len(completions[0].loss_mask) and sum(completions[1].loss_mask) == 0
         for prompt, completion in zip(prompts, completions, strict=True):
-            chosen, entropy, _ = reference_logprobs(policy.model, prompt, completion.token_ids)
-            assert completion.logprobs == pytest.approx(chosen.tolist(), abs=1e-4)
-            assert completion.entropies == pytest.approx(entropy.tolist(), abs=1e-4)
+            logq, entropy = restricted_reference(policy.model, prompt, completion)
+            assert completion.logprobs == pytest.approx(logq, abs=1e-4)
+            assert completion.entropies == pytest.approx(entropy, abs=1e-4)
+        # a forced token (one allowed) was taken with probability 1: log q = 0 and H(q) = 0 exactly
+        assert completions[1].logprobs == [0.0] * len(options[0]) and completions[1].entropies == [0.0] * len(options[0])
         sampling = SamplingParams(max_new_tokens=20, temperature=1.0, seed=sampling.seed + 1, return_entropies=True, stop_token_ids=())
+
+
+def test_truncated_sampling_records_the_truncated_distribution(policy, prompts):
+    """top-k / top-p: the recorded log-prob is the token's probability in the renormalised nucleus."""
+    for sampling in (SamplingParams(max_new_tokens=6, top_k=5, seed=2, return_entropies=True, stop_token_ids=()),
+                     SamplingParams(max_new_tokens=6, top_p=0.5, seed=2, return_entropies=True, stop_token_ids=())):  # fmt: skip
+        for prompt, completion in zip(prompts, policy.generate(prompts, sampling), strict=True):
+            _, _, logits = reference_logprobs(policy.model, prompt, completion.token_ids)
+            for i, token in enumerate(completion.token_ids):
+                p = torch.softmax(logits[i], -1)
+                order = torch.argsort(p, descending=True)
+                if sampling.top_k:
+                    kept = order[: sampling.top_k]
+                else:  # the smallest prefix of the sorted tokens whose mass reaches top_p
+                    cumulative = p[order].cumsum(0)
+                    kept = order[: int((cumulative < sampling.top_p).sum()) + 1]
+                assert token in kept.tolist()
+                q = p[kept] / p[kept].sum()
+                assert completion.logprobs[i] == pytest.approx(math.log(q[kept.tolist().index(token)].item()), abs=1e-4)
+                assert completion.entropies[i] == pytest.approx(-(q * q.log()).sum().item(), abs=1e-4)
 
 
 def test_choice_frequencies_follow_the_models_renormalised_probabilities(policy, prompts):

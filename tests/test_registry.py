@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -118,6 +119,86 @@ def test_third_party_entry_point_plugin(tmp_path):
     assert "'echo/Echo-v0'" in out and "Say world. (1.0, True, False) 3" in out
     cli = subprocess.run(["agentrl", "envs", "list"], env=env, capture_output=True, text=True, check=True).stdout
     assert "echo/Echo-v0" in cli
+
+
+PLAIN_PLUGIN = {
+    "pyproject.toml": """
+        [build-system]
+        requires = ["setuptools>=61"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "agentrl-counter-plugin"
+        version = "0.0.1"
+        [project.entry-points."agentrl.environments"]
+        counter = "agentrl_counter:register"
+    """,
+    "agentrl_counter/__init__.py": """
+        import agentrl
+        import gymnasium as gym
+        from gymnasium import spaces
+
+        class Counter(gym.Env):
+            \"\"\"A plain gymnasium.Env: count to 3 by stepping 1.\"\"\"
+            observation_space = spaces.Discrete(4)
+            action_space = spaces.Discrete(2)
+
+            def reset(self, *, seed=None, options=None):
+                super().reset(seed=seed)
+                self.count = 0
+                return self.count, {}
+
+            def step(self, action):
+                self.count += int(action)
+                return self.count, float(self.count == 3), self.count == 3, False, {}
+
+        def register():
+            agentrl.register("counter/Counter-v0", "agentrl_counter:Counter", alias="counter")
+    """,
+}
+
+
+def _install(tmp_path, files) -> dict[str, str]:
+    """Build and install a plugin package into a temp dir; returns an environment that sees it."""
+    src = tmp_path / "src"
+    for rel, text in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(textwrap.dedent(text))
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target), str(src)],
+        check=True,
+        capture_output=True,
+    )
+    return dict(os.environ, PYTHONPATH=str(target), COLUMNS="1000")
+
+
+def test_a_plain_gymnasium_env_plugin_is_refused_with_one_line(tmp_path):
+    """Issue 16: a plain gymnasium.Env plugin made fine, then `agentrl eval` died on a missing `splits`."""
+    env = _install(tmp_path, PLAIN_PLUGIN)
+    code = textwrap.dedent(
+        """
+        import agentrl, gymnasium
+        from agentrl_counter import Counter
+        try:
+            agentrl.make("counter")
+        except agentrl.NotATextEnvError as exc:
+            print("make:", exc)
+        try:
+            agentrl.register("counter/Direct-v0", Counter)
+        except agentrl.NotATextEnvError as exc:
+            print("register:", "counter/Direct-v0" in str(exc), "counter/Direct-v0" in gymnasium.registry)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    lacks = ("agentrl_counter.Counter is not an agentrl.TextEnv, so it lacks splits, task_ids(), expert_action(), "
+             "max_turns and the info keys of the text contract; subclass agentrl.TextEnv")  # fmt: skip
+    assert f"make: counter/Counter-v0: {lacks}" in out
+    assert "register: True False" in out  # refused before it reached Gymnasium's registry
+    cli = shutil.which("agentrl", path=os.path.dirname(sys.executable)) or "agentrl"
+    for command in (["eval", "counter"], ["play", "counter"], ["envs", "check", "counter"], ["envs", "info", "counter"]):
+        proc = subprocess.run([cli, *command], env=env, capture_output=True, text=True, input="quit\n", timeout=300)
+        assert proc.returncode == 2, (command, proc.stderr)
+        assert proc.stderr.splitlines() == [f"error: counter/Counter-v0: {lacks} (README: Registering an environment)"]
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ from agentrl.retroformer import Reflector, ReflexionAgent, ratings, retrospectiv
 from agentrl.retroformer.prompts import MEMORY_HEADER, memory_block, reflection_problem  # noqa: E402
 from agentrl.retroformer.trials import TrialReport  # noqa: E402
 from agentrl.rollout import Collector, ModelActor  # noqa: E402
-from agentrl.testing import token_episode  # noqa: E402
+from agentrl.testing import installed_cli, token_episode  # noqa: E402
 from agentrl.trajectory import Episode, Step  # noqa: E402
 
 ENV_ID = "agentrl/TextWorld-v0"
@@ -275,7 +275,7 @@ def test_end_to_end_trials_store_ratings_and_update(world, tmp_path):
 
     # PPO-clip update of the reflector from the stored batch; the actor stays frozen
     batch = retrospective_batch(stored, batch_id="1")
-    config = LearnerConfig(lr=1e-4, total_steps=1, terms=["kl"], options={"kl": {"coef": 0.1}}, temperature=1.0)
+    config = LearnerConfig(lr=1e-4, total_steps=1, terms=["kl"], options={"kl": {"coef": 0.1}})
     learner = Learner(base.model, config, pad_token_id=base.pad_id)
     rows = build_batch(batch)
     advantages = learner.advantages(rows)
@@ -373,7 +373,7 @@ def test_cli_eval_reflexion_reports_success_per_trial(world, tmp_path):
     import subprocess
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["agentrl", "eval", "textworld", *args], capture_output=True, text=True, timeout=600)
+        return subprocess.run([installed_cli(), "eval", "textworld", *args], capture_output=True, text=True, timeout=600)
 
     missing = run("--agent", "reflexion")
     assert missing.returncode == 2 and "needs an actor model" in missing.stderr

@@ -171,3 +171,54 @@ def test_sigterm_checkpoints_and_marks_the_run_interrupted_and_a_finished_run_is
     assert [m["iteration"] for m in metrics(run_dir) if "rollout/success_rate" in m] == [1]
     with sqlite3.connect(run_dir / "store.db") as db:
         assert db.execute("SELECT name, status FROM runs").fetchall() == [("r", "finished")]
+
+
+@pytest.mark.slow
+def test_a_resumed_run_makes_a_fresh_rollout_server_run_the_checkpoints_weights(tiny_chat_model, tmp_path):
+    """rollout.backend=openai: after Ctrl-C the server is restarted on its base weights, and the resumed run must
+    publish and load the checkpoint's weights before it samples, or the token-exactness check (tolerance 1e-4,
+    on_mismatch=raise) fails or finds no token of the learner's version."""
+    pytest.importorskip("fastapi")
+    from agentrl.policies.hf import HFPolicy
+    from agentrl.policies.server import PolicyServer
+
+    run_dir = tmp_path / "r"
+    (run_dir / "weights").mkdir(parents=True)
+
+    def serve(port: int = 0) -> PolicyServer:
+        return PolicyServer(HFPolicy(tiny_chat_model, device="cpu", seed=0), port=port, weights_dir=run_dir / "weights")
+
+    with serve() as server:
+        port = server.url.removesuffix("/v1").rsplit(":", 1)[1]
+        args = recipe_args(tiny_chat_model, tmp_path, "r", iterations=3, checkpoint_every=1, sft_episodes=0, eval_tasks=0,
+                           admissible_only="false", **{"rollout.backend": "openai", "rollout.url": server.url,
+                                                       "rollout.tolerance": 1e-4, "rollout.on_mismatch": "raise"})  # fmt: skip
+        proc = subprocess.Popen(args, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:  # wait for iteration 1 to be committed
+            if (run_dir / "metrics.jsonl").exists() and '"iteration": 1' in (run_dir / "metrics.jsonl").read_text():
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 130, stdout[-2000:] + stderr[-2000:]
+    done = json.loads((run_dir / "checkpoint" / "state.json").read_text())["state"]["iteration"]
+    assert done >= 1
+    with serve(int(port)) as fresh:
+        assert fresh.policy.version == 0  # the base weights: nothing of the first process survives here
+        train([installed_cli(), "train", "textworld_grpo", f"output_dir={tmp_path}", "run_name=r", "resume=true"])
+        assert fresh.policy.version == 6  # learner steps: 3 iterations x 2 mini-batches
+        from safetensors.torch import load_file
+
+        served = fresh.policy.model.state_dict()
+        final = load_file(str(run_dir / "model" / "model.safetensors"))
+        assert all(torch_equal(served[k], final[k]) for k in final)  # the server ends on the run's final weights
+    checks = [m for m in metrics(run_dir) if "rollout/exact/tokens" in m]
+    assert [m["iteration"] for m in checks] == [1, 2, 3]
+    assert all(m["rollout/exact/tokens"] > 0 and m["rollout/exact/max_abs_logp_diff"] <= 1e-4 for m in checks)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

@@ -225,22 +225,30 @@ def test_store_ls_shows_status_and_keeps_demonstrations_apart(tmp_path):
 
 
 def test_the_actor_learner_resumes_where_its_checkpoint_left_the_store_and_its_task_draws(tmp_path):
+    from types import SimpleNamespace
+
     import numpy as np
 
     from agentrl.distributed.actor_learner import ActorLearner
+    from agentrl.distributed.batching import WindowBatching
     from agentrl.distributed.worker import WorkerSpec
+    from agentrl.training.config import LearnerConfig
 
-    def driver() -> ActorLearner:
+    def driver() -> ActorLearner:  # no worker starts before run(); the learner only lends its config here
         spec = WorkerSpec(model="m", env="textworld", store="sqlite://", run_id=1, weights_dir=str(tmp_path / "w"))
-        return ActorLearner(None, None, spec, workers=1, group_size=2, groups_per_update=1,
-                            sample_task=lambda rng: (str(rng.integers(100)), "scratch"), seed=7)  # fmt: skip
+        return ActorLearner(SimpleNamespace(config=LearnerConfig()), None, spec, workers=1, group_size=2,
+                            groups_per_update=1, sample_task=lambda rng: (str(rng.integers(100)), "scratch"), seed=7)  # fmt: skip
 
     before = driver()
     before.rng.integers(100, size=5)  # five groups were drawn
     before.last_seen_id = 40
-    before.buffer = [(31, episodes(1)[0]), (35, episodes(1)[0])]  # read, not trained on yet
+    before.batching.add([(31, episodes(1)[0]), (35, episodes(1)[0])])  # read, not trained on yet
     state = json.loads(json.dumps(before.state_dict()))  # what the run's checkpoint stores (JSON)
     after = driver()
     after.load_state_dict(state)
     assert after.last_seen_id == 30  # the two untrained episodes are read again
     assert np.array_equal(after.rng.integers(100, size=5), before.rng.integers(100, size=5))  # same next draws
+    # window batching decides by the driver's clock, which a restart does not keep: its open window is not replayed
+    before.batching = WindowBatching(60.0, 0, start=0.0)
+    before.batching.add([(31, episodes(1)[0])])
+    assert before.state_dict()["since"] == 40

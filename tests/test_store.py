@@ -252,8 +252,11 @@ def test_exports_parquet_jsonl_and_hf_dataset(store_url, tmp_path):
         assert export.export_parquet(store, str(steps_path), run) == 6
         assert export.export_parquet(store, str(tokens_path), run, level="transcript") == 3
         assert export.export_jsonl(store, str(jsonl_path), run) == 3
-        sft = export.to_hf_dataset(store, run, won=True)
+        assert export.export_jsonl(store, str(tmp_path / "tokens.jsonl"), run, level="transcript", won=False) == 1
+        won = export.to_hf_dataset(store, run, won=True)
         episodes_table = export.to_arrow(store, run, level="episode")
+        with pytest.raises(ValueError, match="pass the tokenizer"):
+            export.to_arrow(store, run, level="sft")
     rows = pq.read_table(steps_path).to_pylist()
     reference = model_episode("t1", won=False)
     row = rows[3]  # episode t1, turn 1
@@ -263,16 +266,20 @@ def test_exports_parquet_jsonl_and_hf_dataset(store_url, tmp_path):
     token_row = pq.read_table(tokens_path).to_pylist()[1]  # the token view: the transcript exactly
     (transcript,) = reference.transcripts
     assert (token_row["episode_id"], token_row["position"]) == (ids[1], 0)
-    for name in ("ids", "turns", "sampled", "loss_mask", "logprobs", "entropies", "versions"):
+    assert token_row["input_ids"] == transcript.ids
+    for name in ("turns", "sampled", "loss_mask", "logprobs", "entropies", "versions"):
         assert token_row[name] == getattr(transcript, name), name
     assert json.loads(token_row["sampling"]) == transcript.sampling
+    # What a Hugging Face trainer needs: every token attended, labels only where the learner trains
+    # (turn 1's last token was forced: loss mask 0, so no label).
+    assert token_row["attention_mask"] == [1] * 13
+    assert token_row["labels"] == [-100] * 5 + [2508, 37179, 151645] + [-100, -100] + [22743, 23268, -100]
+    assert token_row["rewards"] == [0.0, 0.0]
+    assert json.loads(token_row["extras"]) == {"allowed": {"5": [2508, 2509], "7": [151645]}}
+    (jsonl_row,) = [json.loads(line) for line in (tmp_path / "tokens.jsonl").read_text().splitlines()]
+    assert jsonl_row == token_row
     lines = jsonl_path.read_text().splitlines()
     assert episode_from_dict(json.loads(lines[1])) == reference
-    assert len(sft) == 2 and sft["task_id"] == ["t0", "t2"]
-    assert sft[0]["messages"] == [
-        {"role": "user", "content": "You are in a kitchen.\nThere is a fridge."},
-        {"role": "assistant", "content": "open fridge"},
-        {"role": "user", "content": "The fridge is open. You see an apple."},
-        {"role": "assistant", "content": "take apple"},
-    ]
+    assert len(won) == 2 and won["task_id"] == ["t0", "t2"] and "messages" not in won.column_names
+    assert won[0]["actions"] == ["open fridge", "take apple"] and won[0]["rewards"] == [0.0, 1.0]
     assert episodes_table.num_rows == 3 and episodes_table.column("episode_return").to_pylist() == [1.0, 0.0, 1.0]

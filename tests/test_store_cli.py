@@ -332,7 +332,7 @@ def test_eval_records_every_episode_and_store_commands_read_them(tmp_path):
     assert pq.read_table(tmp_path / "steps.parquet").num_rows == steps
     assert len((tmp_path / "episodes.jsonl").read_text().splitlines()) == 4
     dataset = datasets.load_from_disk(str(tmp_path / "dataset"))
-    assert len(dataset) == 4 and dataset[0]["messages"][1] == {"role": "assistant", "content": pairs[0][1].steps[0].action}
+    assert len(dataset) == 4 and dataset[0]["actions"] == [step.action for step in pairs[0][1].steps]
     assert os.path.exists(tmp_path / "runs.db")
 
 

@@ -69,6 +69,40 @@ def test_garbage_actions_are_invalid_and_do_not_touch_the_game(env, action, need
     assert info["turn"] == 1
 
 
+@pytest.mark.parametrize("action", ["\\q", "\\n", "\\help", "look \\n", "x\\y"])
+def test_interpreter_escapes_never_reach_dumb_frotz(env, action, capfd):
+    # A backslash commands the dumb-frotz interpreter inside jericho: "\q" and "\n" looped forever in
+    # step (printing "unknown command" to the host's stdout), "\help" printed its help there.
+    env.reset(options={"task": "easy/100001"})
+    obs, reward, terminated, truncated, info = env.step(action)
+    assert "'\\' is not understood" in obs and info["invalid_action"] and not terminated
+    assert capfd.readouterr().out == ""
+    assert "-= " in env.step("look")[0]
+
+
+@pytest.mark.parametrize(
+    "action",
+    ["look. quit", "look.quit", "look then quit", "look, quit", "look,restart", "look. script", "take all. save",
+     "inventory. transcript", "look. restore", "look. undo", "*quit", "x me! short"],
+)  # fmt: skip
+def test_meta_commands_are_refused_in_any_sentence(env, action, tmp_path, monkeypatch):
+    # Inform runs every sentence of an input: "look. quit" left the game in its "Please answer yes or no."
+    # prompt for good, and "look. script" / "save." wrote files into the host's working directory.
+    monkeypatch.chdir(tmp_path)
+    env.reset(options={"task": "easy/100001"})
+    obs, _, terminated, _, info = env.step(action)
+    assert "is not available in this game" in obs and info["invalid_action"] and not terminated
+    obs, _, _, _, info = env.step("look")
+    assert "-= " in obs and "yes or no" not in obs and info["invalid_action"] is False
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ordinary_sentences_still_reach_the_game(env):
+    env.reset(options={"task": "easy/100001"})
+    obs, _, _, _, info = env.step("look. then inventory")  # chained ordinary commands are the game's business
+    assert obs.startswith("-= ") and "not available" not in obs
+
+
 def test_non_admissible_command_reaches_the_engine_and_is_flagged(env):
     env.reset(options={"task": "easy/100001"})
     obs, _, _, _, info = env.step("dance with the moon")

@@ -165,6 +165,11 @@ def test_the_page_in_headless_chromium(viewer, tmp_path):
             wait.until(lambda d: d.find_element(By.ID, "episode-rows").get_attribute("data-shown") == expected)
             return rows("#episode-rows tr")
 
+        def open_episode(row) -> None:  # click a row and wait until the detail shows that episode, not the last one
+            wanted = row.get_attribute("data-id")
+            row.click()
+            wait.until(lambda d: d.find_element(By.ID, "episode-detail").get_attribute("data-episode") == wanted)
+
         def apply(won: str = "", task_type: str = "") -> None:
             Select(driver.find_element(By.ID, "filter-won")).select_by_value(won)
             Select(driver.find_element(By.ID, "filter-type")).select_by_value(task_type)
@@ -180,17 +185,14 @@ def test_the_page_in_headless_chromium(viewer, tmp_path):
         assert len(heat) == 2 and {r.find_elements(By.TAG_NAME, "td")[2].text for r in heat} == {"heat"}
 
         # the hostile episode: its HTML is text on the page and nothing ran
-        hostile = next(r for r in rows("#episode-rows tr") if "look" not in r.text)
-        hostile.click()
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#episode-detail .action"))
+        open_episode(next(r for r in rows("#episode-rows tr") if "look" not in r.text))
         assert driver.find_element(By.CSS_SELECTOR, "#episode-detail .action").text == f"> {HOSTILE}"
         assert driver.find_element(By.CSS_SELECTOR, "#episode-detail .observation").text == HOSTILE
         assert driver.execute_script("return window.pwned === undefined && document.querySelectorAll('#episode-detail img, #episode-detail script').length === 0")
 
         # tokens coloured by log-prob, then by entropy; prompt tokens are not coloured
         apply(task_type="pick")
-        next(r for r in shown("s0-1", "task_type=pick") if r.find_elements(By.CSS_SELECTOR, "td.won")).click()
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#episode-detail .token"))
+        open_episode(next(r for r in shown("s0-1", "task_type=pick") if r.find_elements(By.CSS_SELECTOR, "td.won")))
         text = "".join(t.text for t in rows("#episode-detail .transcript"))
         assert text == "You see a fridge.<action>open fridge</action>"
         sampled = rows("#episode-detail .token.sampled")
@@ -222,8 +224,7 @@ def test_the_page_in_headless_chromium(viewer, tmp_path):
         driver.find_element(By.ID, "tab-episodes").click()
         rows("#sources li")[2].click()
         assert len(shown("e0", "")) == 3  # the task type filter is cleared: task types differ between sources
-        rows("#episode-rows tr")[0].click()
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#episode-detail .observation"))
+        open_episode(rows("#episode-rows tr")[0])
         assert rows("#episode-detail .observation")[0].text.strip() and rows("#episode-detail .action")[0].text.startswith("> ")
         assert "turns at most" in driver.find_element(By.ID, "source-title").text  # the report carries max_turns
         assert driver.find_element(By.ID, "status").text == ""  # no request failed

@@ -10,9 +10,12 @@ import functools
 import http.server
 import json
 import math
+import os
 import random
+import shutil
 import socket
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -23,7 +26,7 @@ pytest.importorskip("Stemmer")
 
 import agentrl  # noqa: E402
 from agentrl.cli.common import UserError  # noqa: E402
-from agentrl.environments.webshop import builtin, catalog, data, reward  # noqa: E402
+from agentrl.environments.webshop import builtin, catalog, data, pages, reward, search  # noqa: E402
 from agentrl.environments.webshop.env import WebShopEnv, search_keywords  # noqa: E402
 from agentrl.environments.webshop.search import SearchEngine  # noqa: E402
 
@@ -268,6 +271,56 @@ def test_malformed_actions_are_no_ops_with_a_message(tiny_env, action, reason):
     assert (r, done, trunc, info["invalid_action"], info["page"]) == (0.0, False, False, True, "search")
 
 
+def _product(**fields):
+    base = {"asin": "B000000009", "Title": "Mug", "Price": "$5.0", "Rating": "N.A.", "Description": "Blue mug.",
+            "BulletPoints": ["Ceramic"], "options": {}, "Reviews": []}  # fmt: skip
+    return {**base, **fields}
+
+
+HEAD = "Instruction: [SEP] buy a mug [SEP] Back to Search [SEP] < Prev"
+
+
+@pytest.mark.parametrize(
+    "which, fields, expected",
+    [
+        # <li><p class="product-info"> {{bulletpoint}}</p></li>: an empty bullet is the text node " ", which
+        # BeautifulSoup keeps as " " (ASCII whitespace without a newline) and .strip() makes an empty segment
+        ("Features", {"BulletPoints": ["Ceramic", "", "Dishwasher safe"]}, " [SEP] Ceramic [SEP]  [SEP] Dishwasher safe"),
+        ("Features", {"BulletPoints": [""]}, " [SEP] "),
+        # a bullet holding a newline collapses to "\n", which the text mode filters out (t != '\n')
+        ("Features", {"BulletPoints": ["Ceramic", "\n"]}, " [SEP] Ceramic"),
+        # <p class="product-info">{{Description}}</p>: a blank description is a " " node -> an empty segment,
+        # an empty one is no text node at all -> no segment
+        ("Description", {"Description": "  "}, " [SEP] "),
+        ("Description", {"Description": ""}, ""),
+        ("Description", {"Description": "\xa0"}, " [SEP] "),  # not ASCII whitespace: kept, then stripped
+        ("Reviews", {"Reviews": [{"title": "", "score": 5, "body": " "}]}, ' [SEP] "" [SEP] 5 [SEP] '),
+    ],
+)  # fmt: skip
+def test_blank_texts_show_as_the_original_text_mode_shows_them(which, fields, expected):
+    # The original's WebAgentTextEnv.convert_html_to_text(simple=True): ' [SEP] '.join(t.strip() for t in
+    # visible text nodes if t != '\n'), on its Jinja templates parsed by BeautifulSoup 4.11 (html.parser).
+    page = pages.sub_page("buy a mug", _product(**fields), which)
+    assert page.text == HEAD + expected
+
+
+def test_blank_titles_and_options_show_as_empty_segments():
+    product = _product(Title=" ", options={"size": ["small", " "]})
+    item = pages.item_page("buy a mug", product).text
+    assert item == (f"{HEAD} [SEP] size [SEP] small [SEP]  [SEP]  [SEP] Price: $5.0 [SEP] Rating: N.A. [SEP] "
+                    "Description [SEP] Features [SEP] Reviews [SEP] Buy Now")  # fmt: skip
+    results = pages.results_page("buy a mug", [product], 1, 1).text
+    assert results.endswith("Next > [SEP] B000000009 [SEP]  [SEP] $5.0")
+
+
+def test_an_empty_bullet_point_on_the_features_page_of_the_env(tiny_env):
+    instr = tiny_env.reset(options={"task": "0"})[1]["instruction"]
+    tiny_env.step("search[water bottle]")
+    tiny_env.step("click[b000000003]")  # its small_description is [""]
+    obs, *_ = tiny_env.step("click[features]")
+    assert obs == f"Instruction: [SEP] {instr} [SEP] Back to Search [SEP] < Prev [SEP] "
+
+
 def test_search_works_from_any_page_and_misses_give_an_empty_page(tiny_env):
     instr = tiny_env.reset(options={"task": "0"})[1]["instruction"]
     tiny_env.step("search[socks]")
@@ -292,6 +345,40 @@ def test_bm25_scores_match_the_lucene_formula_by_hand():
     assert scores == pytest.approx([(idf_red + idf_shoe) / 1.9, 0.0, idf_red / 1.9], rel=1e-5)
     assert engine.search("red shoe") == ["d0", "d2"]
     assert engine.search("men's shorts") == ["d1"]  # possessive dropped, plural stemmed
+
+
+@pytest.mark.parametrize(
+    "query, terms",
+    [("s", ["s"]), ("%s", ["s"]), ("it s a gift", ["s", "gift"]),
+     ("women s running shoes", ["women", "s", "run", "shoe"]), ("XS sizes", ["xs", "size"])],
+)  # fmt: skip
+def test_one_and_two_letter_words_are_not_stemmed_like_lucene(query, terms):
+    # Lucene's PorterStemmer.stem only stems words longer than two characters (`if (k > k0+1)`, from
+    # Porter's C original); Snowball's porter turns "s" into "" (which crashed bm25s) and "xs" into "x".
+    # "it" and "a" are Lucene stop words.
+    assert search.Analyzer()(query) == terms
+
+
+@pytest.mark.parametrize("query", ["s", "%s", "it s a gift", "women s running shoes"])
+def test_searches_with_a_lone_s_return_results_instead_of_raising(query):
+    # Issue 16: bm25s raised "maximum token ID in the query ... is higher than the number of tokens".
+    env = agentrl.make("webshop")
+    env.reset(options={"task": "0"})
+    obs, r, done, trunc, info = env.step(f"search[{query}]")
+    assert (r, done, trunc, info["page"], info["invalid_action"]) == (0.0, False, False, "results", False)
+    assert "Total results:" in obs
+
+
+def test_a_size_s_document_is_found_by_the_term_s():
+    engine = SearchEngine([_doc("d0", "t-shirt size S"), _doc("d1", "gift box"), _doc("d2", "gift card")])
+    # N = 3; "s" is in d0 only: idf = ln(1 + (3 - 1 + 0.5) / (1 + 0.5)); d0 has 4 terms (t, shirt, size, s),
+    # avgdl = (4 + 2 + 2) / 3; tf part = 1 / (1 + k1 (1 - b + b dl / avgdl)); "gift" ties d1 and d2 below
+    idf_s = math.log(1 + 2.5 / 1.5)
+    avgdl = 8 / 3
+    assert engine.analyzer("t-shirt size S") == ["t", "shirt", "size", "s"]
+    expected = idf_s * 1 / (1 + search.K1 * (1 - search.B + search.B * 4 / avgdl))
+    assert engine.scores("it s a gift")[0] == pytest.approx(expected, rel=1e-5)
+    assert engine.search("it s a gift") == ["d0", "d1", "d2"]
 
 
 def test_search_returns_the_top_50_with_ties_in_index_order():
@@ -363,11 +450,47 @@ def test_synthetic_goal_options_compare_as_name_value_pairs_like_the_original():
 def test_fuzzy_ratio_and_colour_normalisation_reference_values():
     assert reward.token_set_ratio("black", "blue") == 44  # Indel: 2 * 2 / (5 + 4) = 0.444
     assert reward.token_set_ratio("Natural-Looking!", "looking natural hair") == 100  # subset after processing
-    assert reward.token_set_ratio("", "anything") == 0 and reward.token_set_ratio("ß", "ss") == 0  # ascii only
+    assert reward.token_set_ratio("", "anything") == 0 and reward.token_set_ratio("ß", "ss") == 0  # U+00DF deleted
     # the original's tests/web-agent-site/engine/test_normalize.py cases
     cases = [("", ""), ("black forest", "black"), ("violet lavender", "lavender"), ("steelivy fuchsia", "fuchsia"),
              ("123alabaster", "alabaster"), ("webshop", "webshop")]  # fmt: skip
     assert [reward.normalize_color(c) for c, _ in cases] == [e for _, e in cases]
+
+
+@pytest.mark.parametrize(
+    "a, b, processed, expected",
+    [
+        # U+2019 and U+FF1A are outside U+0080-U+00FF: separators, not deleted (the old port: 77 and 53)
+        ("women’s", "women's", ("women s", "women s"), 100),
+        ("size：large", "size large", ("size large", "size large"), 100),
+        # en and em dashes are separators too: {small, large} on both sides (the old port: 100 by luck)
+        ("small – large", "small—large", ("small   large", "small large"), 100),
+        # U+00E9 is in U+0080-U+00FF: deleted, so "café" is "caf"; equal token sets -> 100
+        ("Café Noir", "caf noir", ("caf noir", "caf noir"), 100),
+        # "_" is a word character for thefuzz 0.19's (?ui)\W: tokens {a_b} vs {a, b}, no intersection,
+        # Indel ratio of "a_b" and "a b" = 2 * 2 / (3 + 3) -> 67 (the old port: 100)
+        ("a_b", "a b", ("a_b", "a b"), 67),
+        # 'women’s dress' vs 'womens dress': {women, s, dress} vs {womens, dress}; sect "dress";
+        # "dress s women" vs "dress womens": Indel 2 * 11 / (13 + 12) = 0.88 -> 88
+        ("women’s dress", "womens dress", ("women s dress", "womens dress"), 88),
+    ],
+)  # fmt: skip
+def test_token_set_ratio_processes_text_like_thefuzz(a, b, processed, expected):
+    # The original (web_agent_site/engine/goal.py) calls thefuzz 0.19.0's fuzz.token_set_ratio (its pin in
+    # requirements.txt), whose full_process deletes only chr(128)..chr(255) ("ascii dammit!"), replaces
+    # each (?ui)\W character with a space, lower-cases and strips. The old port deleted every non-ASCII
+    # character. The expected values are thefuzz 0.19.0's (with and without python-Levenshtein).
+    assert (reward.full_process(a), reward.full_process(b)) == processed
+    assert reward.token_set_ratio(a, b) == reward.token_set_ratio(b, a) == expected
+    assert reward.token_set_ratio(None, "x") == 0  # thefuzz's check_for_none
+
+
+def test_a_non_ascii_separator_no_longer_flips_an_option_match():
+    # goal option "size：large" vs chosen "size large": 100 > 85 now (53 before: no match, lower reward)
+    assert reward.get_option_reward(["size large"], ["size：large"]) == (1.0, 1)
+    goal = dict(GOAL, attributes=["natural looking"], goal_options=["women’s"])
+    r, parts = _reward(goal=goal, options={"fit": "women's"})
+    assert parts["r_option"] == 1.0 and r == 1.0  # (1 attribute + 1 option + price) / 3
 
 
 def test_heuristic_nouns_and_scorer_choice():
@@ -384,7 +507,7 @@ def test_heuristic_nouns_and_scorer_choice():
 
 def test_check_env_passes():
     agentrl.check_env(agentrl.make("webshop"))
-    agentrl.check_env(agentrl.make("agentrl/WebShop-v0", split="test"))
+    agentrl.check_env(agentrl.make("agentrl/WebShop-v1", split="test"))
 
 
 def test_scripted_shopper_wins_the_valid_panel_of_the_builtin_catalog():
@@ -464,3 +587,16 @@ def test_cli_data_check_and_eval(tmp_path):
     out = subprocess.run(["agentrl", "data", "check", "webshop", "--root", str(tmp_path / "none")],
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert out.returncode != 0 and "agentrl data fetch webshop" in out.stderr
+
+
+def test_play_prints_click_targets_literally():
+    # Rich markup read `click[back to search]` as a style tag and printed "click | click | click".
+    agentrl_cli = shutil.which("agentrl", path=os.path.dirname(sys.executable)) or "agentrl"
+    out = subprocess.run([agentrl_cli, "play", "webshop", "--task", "0"], input="search[women s running shoes]\nclick[next >]\nquit\n",
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "100000"})  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    actions = [line for line in out.stdout.splitlines() if line.startswith("actions: ")]
+    assert actions[0] == "actions: search[<keywords>]"
+    assert actions[1].startswith("actions: search[<keywords>] | click[back to search] | click[next >] | click[b")
+    assert actions[2].startswith("actions: search[<keywords>] | click[back to search] | click[< prev] | click[next >]")
+    assert "Page 2 (Total results: " in out.stdout and "task 0" in out.stdout

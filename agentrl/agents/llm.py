@@ -65,6 +65,20 @@ def parse_action(text: str) -> str | None:
     return action or None
 
 
+def response_text(tokenizer: Any, ids: list[int]) -> str:
+    """The text an agent reads a sampled response as (and parses its action from): the decoded ids
+    without a final end-of-turn token (the tokenizer's EOS, which the chat template renders itself).
+
+    The one definition, shared by :meth:`LLMAgent.act` and the chat export
+    (:mod:`agentrl.store.chat`), so that exported completions are exactly what the agent read. The
+    text is the tokens' text verbatim: no clean-up of spaces before punctuation, which some
+    tokenizers do by default and which would make it differ from what the model wrote.
+    """
+    eos = tokenizer.eos_token_id
+    content = ids[:-1] if ids and eos is not None and ids[-1] == eos else ids
+    return tokenizer.decode(content, clean_up_tokenization_spaces=False)
+
+
 @dataclass(frozen=True)
 class PromptFormat:
     """How an environment is presented to a model: the full system prompt and the action listing."""
@@ -222,8 +236,7 @@ class LLMAgent:
         ids = completion.token_ids
         text = completion.text
         if ids is not None and self.tokenizer is not None:
-            content_ids = ids[:-1] if ids and ids[-1] in self.eos_ids else ids
-            text = self.tokenizer.decode(content_ids)
+            text = response_text(self.tokenizer, ids)
             self._record(episode, completion, version, sampling)
         text = text or ""
         episode.turns[-1].assistant = text

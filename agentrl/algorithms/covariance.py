@@ -35,6 +35,36 @@ def token_covariance(logp: torch.Tensor, advantages: torch.Tensor, mask: torch.T
     return torch.where(mask.to(torch.bool), centred_logp * centred_adv, torch.zeros_like(logp))
 
 
+@torch.no_grad()
+def clip_cov_keep(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_ratio: float = 2e-4,
+    cov_low: float = 1.0,
+    cov_high: float = 5.0,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Clip-Cov's selection ``[S, L]``: 0 for the random few mid-covariance tokens whose gradient is
+    dropped (among those PPO's own clip left alone), 1 elsewhere; over every unmasked token given."""
+    adv = _token_advantages(advantages, logp)
+    ratio = torch.exp(logp - old_logp)
+    ppo_clipped = ((adv > 0) & (ratio > 1 + eps_high)) | ((adv < 0) & (ratio < 1 - eps_low))
+    cov = token_covariance(logp, advantages, mask)
+    valid = mask.to(torch.bool)
+    candidates = torch.nonzero(valid & ~ppo_clipped & (cov > cov_low) & (cov < cov_high))  # [C, 2]
+    n_clip = max(int(clip_ratio * valid.sum().item()), 1)
+    keep = torch.ones_like(logp)
+    if len(candidates):
+        order = torch.randperm(len(candidates), generator=generator).to(candidates.device)
+        chosen = candidates[order[:n_clip]]
+        keep[chosen[:, 0], chosen[:, 1]] = 0.0
+    return keep
+
+
 def clip_cov_token_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -48,20 +78,8 @@ def clip_cov_token_loss(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """PPO-clip token loss ``[S, L]`` with the gradient of a random few mid-covariance tokens removed."""
-    token_loss = clip_token_loss(logp, old_logp, advantages, eps_low, eps_high)  # [S, L]
-    adv = _token_advantages(advantages, logp)
-    ratio = torch.exp(logp.detach() - old_logp)
-    ppo_clipped = ((adv > 0) & (ratio > 1 + eps_high)) | ((adv < 0) & (ratio < 1 - eps_low))
-    cov = token_covariance(logp.detach(), advantages, mask)
-    valid = mask.to(torch.bool)
-    candidates = torch.nonzero(valid & ~ppo_clipped & (cov > cov_low) & (cov < cov_high))  # [C, 2]
-    n_clip = max(int(clip_ratio * valid.sum().item()), 1)
-    keep = torch.ones_like(token_loss)
-    if len(candidates):
-        order = torch.randperm(len(candidates), generator=generator).to(candidates.device)
-        chosen = candidates[order[:n_clip]]
-        keep[chosen[:, 0], chosen[:, 1]] = 0.0
-    return token_loss * keep
+    keep = clip_cov_keep(logp.detach(), old_logp, advantages, mask, clip_ratio, cov_low, cov_high, eps_low, eps_high, generator)
+    return clip_token_loss(logp, old_logp, advantages, eps_low, eps_high) * keep
 
 
 def clip_cov_loss(
@@ -84,6 +102,19 @@ def clip_cov_loss(
     return aggregate(token_loss, mask, agg)
 
 
+@torch.no_grad()
+def kl_cov_penalised(logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, k_ratio: float = 2e-3) -> torch.Tensor:
+    """KL-Cov's selection ``[S, L]``: 1 on the ``max(1, int(k * N))`` unmasked tokens of largest covariance."""
+    valid = mask.to(torch.bool)
+    penalty = torch.zeros_like(logp)
+    n_valid = int(valid.sum().item())
+    if n_valid:
+        cov = token_covariance(logp, advantages, mask).masked_fill(~valid, -torch.inf).reshape(-1)
+        top = torch.topk(cov, max(1, int(n_valid * k_ratio))).indices  # flat indices of the top tokens
+        penalty.view(-1)[top] = 1.0
+    return penalty
+
+
 def kl_cov_token_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -91,20 +122,15 @@ def kl_cov_token_loss(
     mask: torch.Tensor,
     k_ratio: float = 2e-3,
     kl_coef: float = 1.0,
+    penalised: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Unclipped policy-gradient token loss ``[S, L]`` with ``|log pi - log pi_old|`` on the top-covariance tokens."""
+    """Unclipped policy-gradient token loss ``[S, L]`` with ``|log pi - log pi_old|`` on the top-covariance
+    tokens (``penalised``: a selection made beforehand over a larger batch; default: over these tokens)."""
     adv = _token_advantages(advantages, logp).to(logp.dtype)
     ratio = torch.exp(logp - old_logp)  # [S, L]
-    token_loss = -adv * ratio
-    valid = mask.to(torch.bool)
-    n_valid = int(valid.sum().item())
-    if n_valid:
-        cov = token_covariance(logp.detach(), advantages, mask).masked_fill(~valid, -torch.inf).reshape(-1)
-        top = torch.topk(cov, max(1, int(n_valid * k_ratio))).indices  # flat indices of the top tokens
-        penalty = torch.zeros_like(cov)
-        penalty[top] = 1.0
-        token_loss = token_loss + kl_coef * penalty.view_as(logp) * (logp - old_logp).abs()
-    return token_loss
+    if penalised is None:
+        penalised = kl_cov_penalised(logp.detach(), advantages, mask, k_ratio)
+    return -adv * ratio + kl_coef * penalised * (logp - old_logp).abs()
 
 
 def kl_cov_loss(
@@ -132,12 +158,19 @@ class ClipCov(PolicyLoss):
         cov_low: float = setting(1.0, "lower covariance bound of the candidates")
         cov_high: float = setting(5.0, "upper covariance bound of the candidates")
 
-    def __call__(self, tokens: Tokens) -> torch.Tensor:
+    needs_minibatch = True
+
+    def prepare(self, minibatch: Tokens) -> None:
         c = self.config
-        return clip_cov_token_loss(
-            tokens.logp, tokens.old_logp, tokens.advantages, tokens.mask, c.clip_ratio, c.cov_low, c.cov_high,
-            tokens.eps_low, tokens.eps_high, tokens.generator,
+        keep = clip_cov_keep(
+            minibatch.logp, minibatch.old_logp, minibatch.advantages, minibatch.mask, c.clip_ratio, c.cov_low,
+            c.cov_high, minibatch.eps_low, minibatch.eps_high, minibatch.generator,
         )  # fmt: skip
+        self._selected = _by_step(minibatch, keep)
+
+    def __call__(self, tokens: Tokens) -> torch.Tensor:
+        keep = _rows(self._selected, tokens)
+        return clip_token_loss(tokens.logp, tokens.old_logp, tokens.advantages, tokens.eps_low, tokens.eps_high) * keep
 
 
 @register
@@ -151,6 +184,25 @@ class KLCov(PolicyLoss):
         k_ratio: float = setting(2e-3, "fraction of top-covariance tokens that get the KL penalty")
         kl_coef: float = setting(1.0, "weight of |log pi - log pi_old| on those tokens")
 
+    needs_minibatch = True
+
+    def prepare(self, minibatch: Tokens) -> None:
+        self._selected = _by_step(minibatch, kl_cov_penalised(minibatch.logp, minibatch.advantages, minibatch.mask, self.config.k_ratio))
+
     def __call__(self, tokens: Tokens) -> torch.Tensor:
         c = self.config
-        return kl_cov_token_loss(tokens.logp, tokens.old_logp, tokens.advantages, tokens.mask, c.k_ratio, c.kl_coef)
+        penalised = _rows(self._selected, tokens)
+        return kl_cov_token_loss(tokens.logp, tokens.old_logp, tokens.advantages, tokens.mask, c.k_ratio, c.kl_coef, penalised)
+
+
+def _by_step(minibatch: Tokens, selection: torch.Tensor) -> dict[int, torch.Tensor]:
+    """A mini-batch selection ``[N, R]`` as ``step -> row``, to be read back per micro-batch."""
+    assert minibatch.steps is not None
+    return {step: selection[k] for k, step in enumerate(minibatch.steps)}
+
+
+def _rows(selected: dict[int, torch.Tensor], tokens: Tokens) -> torch.Tensor:
+    """The rows of a mini-batch selection for this micro-batch's steps, ``[n, R]``."""
+    assert tokens.steps is not None
+    width = tokens.mask.shape[1]
+    return torch.stack([selected[step][:width] for step in tokens.steps])

@@ -36,6 +36,7 @@ def modulate_advantages(
     k_future: float = 1.0,
     zeta: float = 0.1,
     reduce: Reduce | None = None,
+    trainable: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """EMPG advantages per step: ``A [S], H [S], traj_ids [S] -> A_final [S]``.
 
@@ -43,8 +44,21 @@ def modulate_advantages(
     the turn's token-mean entropy. Steps of a trajectory must be contiguous and in turn order.
     No gradient flows through (advantages are constants of the loss). ``reduce`` takes the batch
     min, max and means over every rank of a data-parallel learner (one process: this batch).
+
+    ``trainable [S]`` (bool): only these steps take part. A turn whose every token was forced
+    (constrained decoding left one choice) has no policy-gradient term and its entropy is not a
+    measure of the policy's uncertainty; counting it with entropy 0 would pull the batch minimum to
+    0, give the turn before it a full future-clarity bonus and shift the centring. So the statistics,
+    the "next step" of ``f_next`` (the next trainable step of the trajectory) and the centring all
+    run over the trainable steps; the others keep their advantage (it multiplies no token).
     """
     reduce = reduce or Reduce()
+    if trainable is not None and not bool(trainable.all()):
+        codes, _ = as_codes(traj_ids, device=step_advantages.device)
+        keep = trainable.to(torch.bool).nonzero().squeeze(-1)
+        out = step_advantages.clone().to(torch.promote_types(step_advantages.dtype, torch.float32))
+        out[keep] = modulate_advantages(step_advantages[keep], step_entropy[keep], codes[keep], k, k_future, zeta, reduce)
+        return out
     if step_advantages.shape != step_entropy.shape or step_advantages.dim() != 1:
         raise ValueError(
             f"step_advantages and step_entropy must both be [S]; got {tuple(step_advantages.shape)} "
@@ -92,4 +106,6 @@ class EMPG(AdvantageShaper):
         if steps.entropy is None:
             raise ValueError("EMPG needs per-step entropies: sample with return_entropies=True")
         c = self.config
-        return modulate_advantages(advantages, steps.entropy, steps.traj_index, c.k, c.k_future, c.zeta, reduce)
+        return modulate_advantages(
+            advantages, steps.entropy, steps.traj_index, c.k, c.k_future, c.zeta, reduce, trainable=steps.trainable
+        )

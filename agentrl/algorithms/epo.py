@@ -146,6 +146,7 @@ class EPO(LossTerm):
     """
 
     name = "epo"
+    needs_schedule = True  # beta_k decays over the run's K optimizer steps
 
     @dataclass
     class Config:
@@ -162,7 +163,7 @@ class EPO(LossTerm):
         self.reference: float | None = None
         self.beta_k = 0.0
 
-    def start_step(self, step: int, total_steps: int) -> None:
+    def start_step(self, step: int, total_steps: int | None) -> None:
         self.reference = self.history.reference
         self.beta_k = beta(step, total_steps, self.config.gamma)
 

@@ -37,21 +37,23 @@ def advantages(
     if returns.numel() == 0:
         return returns.clone()
     dtype = returns.dtype if returns.is_floating_point() else torch.float32
-    returns = returns.to(dtype)
+    # statistics in float64: equal float32 returns then centre to exactly 0 (a float32 mean of
+    # equal values can be off by an ulp, which the division by std + eps would blow up)
+    out_dtype, returns = dtype, returns.to(torch.promote_types(dtype, torch.float64))
 
-    count = torch.zeros(n_groups, dtype=dtype, device=returns.device).index_add_(
+    count = torch.zeros(n_groups, dtype=returns.dtype, device=returns.device).index_add_(
         0, codes, torch.ones_like(returns)
     )  # [G]
-    group_sum = torch.zeros(n_groups, dtype=dtype, device=returns.device).index_add_(0, codes, returns)
+    group_sum = torch.zeros_like(count).index_add_(0, codes, returns)
     group_mean = group_sum / count  # [G]
     centred = returns - group_mean[codes]  # [T]
     if scale_by_std:
-        squares = torch.zeros(n_groups, dtype=dtype, device=returns.device).index_add_(0, codes, centred**2)
+        squares = torch.zeros_like(count).index_add_(0, codes, centred**2)
         group_std = (squares / (count - 1).clamp(min=1)).sqrt()  # [G], Bessel's correction
         adv = centred / (group_std[codes] + eps)
     else:
         adv = centred
-    return torch.where(count[codes] > 1, adv, torch.zeros_like(adv))
+    return torch.where(count[codes] > 1, adv, torch.zeros_like(adv)).to(out_dtype)
 
 
 @register

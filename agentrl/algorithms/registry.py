@@ -5,10 +5,10 @@ The learner composes one of each kind it needs and does not grow when a method i
 ==============  ===========================================================  ==========================
 kind            what it computes                                             built in
 ==============  ===========================================================  ==========================
-``advantage``   per-step advantages from returns and groups                  ``grpo``, ``dr_grpo``
+``advantage``   per-step advantages from returns and groups                  ``grpo``, ``dr_grpo``, ``gigpo``
 ``shaping``     a transform of per-step advantages (applied in order)        ``empg``, ``duration``
 ``policy_loss`` the per-token policy-gradient loss ``[n, R]``                ``clip``, ``clip_cov``, ``kl_cov``
-``term``        a scalar added to the loss (with its own metrics)            ``kl``, ``epo``
+``term``        a scalar added to the loss (with its own metrics)            ``kl``, ``epo``, ``entropy``
 ==============  ===========================================================  ==========================
 
 A plug-in is a class with a ``Config`` dataclass (its options, one documented field each),
@@ -25,11 +25,12 @@ groups), so anything a plug-in computes over the batch (a min, a mean, a count) 
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import difflib
 import importlib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
@@ -38,7 +39,7 @@ import torch
 
 KINDS = ("advantage", "shaping", "policy_loss", "term")
 ENTRY_POINT_GROUP = "agentrl.algorithms"
-_BUILTIN_MODULES = ("grpo", "empg", "duration", "ppo", "covariance", "kl", "epo")
+_BUILTIN_MODULES = ("grpo", "gigpo", "empg", "duration", "ppo", "covariance", "kl", "epo", "entropy")
 
 
 class AlgorithmConfigError(ValueError):
@@ -82,6 +83,9 @@ class Steps:
     trainable: torch.Tensor  # [S] bool, the step has at least one trainable token
     observations: Sequence[str]  # [S] the observation each step acted on
     entropy: torch.Tensor | None = None  # [S] float
+    episode_rewards: Sequence[Sequence[float]] = ()  # [T] every turn's env reward, also turns that are not steps
+    infos: Sequence[Mapping[str, Any]] = ()  # [S] the env info of each step (invalid_action, parse_error, ...)
+    inclusion: torch.Tensor | None = None  # [T] float, P(the trajectory's group was used), from the batching
 
 
 @dataclass
@@ -95,7 +99,7 @@ class Tokens:
 
     logp: torch.Tensor  # [n, R] current log-probs (with gradient)
     entropy: torch.Tensor  # [n, R] current entropies (with gradient)
-    old_logp: torch.Tensor  # [n, R] behaviour log-probs
+    old_logp: torch.Tensor  # [n, R] proximal log-probs: the weights at the start of the update (= behaviour when fresh)
     advantages: torch.Tensor  # [n]
     mask: torch.Tensor  # [n, R] float, trained tokens
     eps_low: float
@@ -104,9 +108,11 @@ class Tokens:
     nested_mean: Callable[[torch.Tensor], torch.Tensor]
     reference_logp: Callable[[], torch.Tensor]  # [n, R] under the frozen reference policy (computed on demand)
     generator: torch.Generator | None = None
+    behaviour_weight: torch.Tensor | None = None  # [n, R] min(pi_prox / pi_behaviour, cap): 1 on fresh tokens
+    steps: list[int] | None = None  # [n] the batch's step index of each row
 
 
-class Plugin:
+class Plugin(abc.ABC):
     """Base of every plug-in: a ``Config`` dataclass of options, and optional state to checkpoint."""
 
     name: ClassVar[str]
@@ -130,26 +136,38 @@ class AdvantageEstimator(Plugin):
     kind = "advantage"
     needs_entropy: ClassVar[bool] = False  # Steps.entropy must be filled
 
+    @abc.abstractmethod
     def __call__(self, steps: Steps, reduce: Reduce) -> torch.Tensor:
         """Per-step advantages ``[S]``."""
-        raise NotImplementedError
 
 
 class AdvantageShaper(Plugin):
     kind = "shaping"
     needs_entropy: ClassVar[bool] = False  # Steps.entropy must be filled
 
+    @abc.abstractmethod
     def __call__(self, steps: Steps, advantages: torch.Tensor, reduce: Reduce) -> torch.Tensor:
         """New per-step advantages ``[S]`` from ``advantages`` ``[S]``."""
-        raise NotImplementedError
 
 
 class PolicyLoss(Plugin):
-    kind = "policy_loss"
+    """The per-token policy-gradient loss, against the proximal log-probs (``Tokens.old_logp``); the
+    learner multiplies it by the behaviour importance weight, masks and aggregates it.
 
+    ``needs_minibatch``: the loss selects tokens over the whole mini-batch (Clip-Cov, KL-Cov); the
+    learner calls :meth:`prepare` with the mini-batch (no gradient) before its micro-batches, so the
+    selection does not depend on how the mini-batch is split.
+    """
+
+    kind = "policy_loss"
+    needs_minibatch: ClassVar[bool] = False
+
+    def prepare(self, minibatch: Tokens) -> None:
+        """See the class docstring; rows are identified by ``minibatch.steps``."""
+
+    @abc.abstractmethod
     def __call__(self, tokens: Tokens) -> torch.Tensor:
-        """Per-token loss ``[n, R]`` (the learner masks and aggregates it)."""
-        raise NotImplementedError
+        """Per-token loss ``[n, R]`` (the learner weights, masks and aggregates it)."""
 
 
 class LossTerm(Plugin):
@@ -157,13 +175,14 @@ class LossTerm(Plugin):
 
     kind = "term"
     needs_reference: ClassVar[bool] = False
+    needs_schedule: ClassVar[bool] = False  # start_step must be given the run's total_steps
 
-    def start_step(self, step: int, total_steps: int) -> None:
+    def start_step(self, step: int, total_steps: int | None) -> None:
         """Called before each optimizer step (``step`` = optimizer steps done so far)."""
 
+    @abc.abstractmethod
     def __call__(self, tokens: Tokens) -> tuple[torch.Tensor, dict[str, float]]:
         """This micro-batch's share of the term (already scaled) and metrics to sum over micro-batches."""
-        raise NotImplementedError
 
     def end_step(self, batch_entropy: float) -> dict[str, Any]:
         """Called after a successful optimizer step with the mini-batch token-mean entropy; returns metrics."""

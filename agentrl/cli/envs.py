@@ -94,12 +94,13 @@ def play(
     instance = make_env(entry, kwargs, split=split)
     try:
         obs, info = reset_on_task(instance, task, seed)
-        console.print(f"[dim]task {info['task_id']}[/]")
+        # Env text is never Rich markup: `click[buy now]` must print its brackets (Text is not parsed).
+        console.print(printable_text(f"task {info['task_id']}", style="dim"))
         total = 0.0
         while True:
-            console.print(obs, highlight=False, markup=False)
+            console.print(printable_text(obs), highlight=False)
             if info.get("admissible_actions"):
-                console.print("[dim]actions: " + " | ".join(info["admissible_actions"]) + "[/]", highlight=False)
+                console.print(printable_text("actions: " + " | ".join(info["admissible_actions"]), style="dim"), highlight=False)
             try:
                 action = console.input("[bold]> [/]")
             except EOFError:
@@ -112,7 +113,7 @@ def play(
                 f"[dim]reward {reward:+.2f} (total {total:.2f}) progress {info['progress']:.2f} turn {info['turn']}[/]"
             )
             if terminated or truncated:
-                console.print(obs, highlight=False, markup=False)
+                console.print(printable_text(obs), highlight=False)
                 outcome = "won" if info["won"] else ("out of turns" if truncated else "over")
                 console.print(f"[bold]episode {outcome}[/]: return {total:.2f}, progress {info['progress']:.2f}")
                 break

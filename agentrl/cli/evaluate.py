@@ -113,8 +113,9 @@ def run_eval(opts: EvalOptions) -> None:
         panel = eval_panel(instance, split, opts.episodes)
         _say_what_the_panel_covers(instance, split, panel)
         if recorder is not None:
-            config = {"agent": agent_name, "model": opts.model, "split": split, "episodes": opts.episodes,
-                      "group_size": opts.group_size, "seed": opts.seed, "env_kwargs": env_kwargs}  # fmt: skip
+            config = {"agent": agent_name, "model": opts.model, "tokenizer": opts.tokenizer, "split": split,
+                      "episodes": opts.episodes, "group_size": opts.group_size, "seed": opts.seed,
+                      "env_kwargs": env_kwargs}  # fmt: skip
             recorder.start(f"eval {agent_name} {entry.id} {split}", env_id=entry.id, config=config)
         planned = len(panel) * opts.group_size
         start = time.perf_counter()
@@ -175,12 +176,14 @@ def _finish(opts: EvalOptions, report: Any, agent_name: str, model_details: dict
     not_benchmark = report.benchmark is False
     caption = "NOT the benchmark: the env ran on data other than the benchmark's (e.g. WebShop's built-in catalog)" if not_benchmark else None
     if summary["episodes"]:
-        table = Table(title=printable_text(title), caption=caption, caption_style="bold red")
+        # no padding inside the cells: the ten columns fit an 80-column terminal unabridged
+        table = Table(title=printable_text(title), caption=caption, caption_style="bold red", padding=(0, 0))
         # success, return, progress and turns are means over episodes; invalid: the share of turns with an invalid action
         columns = ("tasks", "episodes", "success", f"pass@{opts.group_size}", "return", "progress", "turns", "invalid",
                    "errors", "seconds")  # fmt: skip
-        for column in columns:
-            table.add_column(column, justify="left" if column == "tasks" else "right")
+        for column in columns:  # long task types fold; numbers and headers are never cut
+            table.add_column(column, justify="left" if column == "tasks" else "right", no_wrap=column != "tasks",
+                             overflow="fold", min_width=5 if column == "tasks" else None)  # fmt: skip
         table.add_row(
             "all", str(summary["episodes"]), f"{summary['success_rate']:.3f}", f"{summary['pass_at_group']:.3f}",
             f"{summary['mean_return']:.3f}", f"{summary['mean_progress']:.3f}", f"{summary['mean_turns']:.1f}",

@@ -85,12 +85,16 @@ def serve(
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the server's sampling generator (requests without a seed).")] = 0,
     max_batch_rows: Annotated[int, typer.Option(help="Most sequences concurrent requests share in one generate call.")] = 64,
+    weights_dir: Annotated[str | None, typer.Option(help="Accept weight updates (POST /collective_rpc, /v1/load_lora_adapter) "
+                                                    "of versions a learner publishes under this directory.")] = None,
 ) -> None:
     """Serve a Hugging Face model (directory or Hub id) over an OpenAI-compatible API (/v1/models, /v1/completions,
     /v1/chat/completions).
 
     FastAPI + uvicorn; concurrent requests are batched into one generate call; streaming, n, seed,
-    stop, logprobs/top_logprobs as OpenAI; token ids in every choice (vLLM's return_token_ids).
+    stop, logprobs/top_logprobs as OpenAI; token ids in every choice (vLLM's return_token_ids). With
+    --weights-dir, a learner can make it run each new version it publishes there (the routes vLLM offers
+    for RL: see agentrl.policies.weight_routes).
     """
     from agentrl.policies.hf import HFPolicy
     from agentrl.policies.server import PolicyServer
@@ -103,7 +107,7 @@ def serve(
     policy = HFPolicy(model, device=device, seed=seed, name=name)  # a bad path is a PolicyError with a hint
     try:
         server = PolicyServer(policy, host=host, port=port, api_key=api_key, model_name=name or model,
-                              max_batch_rows=max_batch_rows)  # fmt: skip
+                              max_batch_rows=max_batch_rows, weights_dir=weights_dir)  # fmt: skip
     except OSError as exc:  # the bind: address in use, a privileged port, an address not on this machine
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", hint="choose another --port (0 = any free one)") from exc
     console.print(f"serving {server.model_name} at {server.url} (Ctrl-C to stop)", highlight=False)

@@ -158,23 +158,33 @@ def _print_transcript(episode_id: int, ep: Any) -> None:
     ))  # fmt: skip
 
 
+EXPORT_FORMATS = ("parquet", "jsonl", "hf")
+EXPORT_LEVELS = ("step", "episode", "transcript", "sft")
+
+
 @app.command("export")
 def export_cmd(
     run: RunArg,
     output: Annotated[str, typer.Option("--output", "-o", help="File (parquet, jsonl) or directory (hf) to write.")],
     format: Annotated[str, typer.Option("--format", "-f", help="parquet, jsonl or hf (datasets.save_to_disk).")] = "parquet",
-    level: Annotated[str | None, typer.Option(help="Rows per step, episode or token transcript (default: step for parquet, episode for hf).")] = None,
+    level: Annotated[str | None, typer.Option(help=(
+        "Rows: step (a turn's text), episode, transcript (token ids, labels, log-probs: train on exact ids) or sft "
+        "(a sampled turn in chat format: prompt, completion, messages). Default: step for parquet, episode for hf, "
+        "whole episodes (every field) for jsonl."))] = None,
+    tokenizer: Annotated[str | None, typer.Option(help=(
+        "Tokenizer for --level sft (a model directory or Hub id); default: the run's `tokenizer` or `model` from its "
+        "config."))] = None,
     won: Annotated[bool | None, typer.Option("--won/--lost", help="Only won (or lost) episodes.")] = None,
     agent: Annotated[str | None, typer.Option(help="Only episodes of this agent (e.g. expert).")] = None,
     store: StoreOpt = DEFAULT_STORE,
-) -> None:
-    """Export a run's episodes: Parquet rows, JSONL episodes, or a Hugging Face dataset on disk."""
-    if format not in ("parquet", "jsonl", "hf"):
+) -> None:  # fmt: skip
+    """Export a run's episodes as Parquet, JSONL or a Hugging Face dataset on disk, at a level (see --level)."""
+    if format not in EXPORT_FORMATS:
         raise UserError(f"unknown export format {format!r}", hint="choose parquet, jsonl or hf")
-    if level not in (None, "step", "episode", "transcript"):
-        raise UserError(f"unknown level {level!r}", hint="choose step, episode or transcript")
-    if format == "jsonl" and level == "step":
-        raise UserError("jsonl exports whole episodes", hint="use --format parquet for per-step rows")
+    if level is not None and level not in EXPORT_LEVELS:
+        raise UserError(f"unknown level {level!r}", hint="choose step, episode, transcript or sft")
+    if tokenizer is not None and level != "sft":
+        raise UserError("--tokenizer is for --level sft", hint="the other levels export token ids as they are")
     if format == "hf":  # a directory that save_to_disk fills
         if not Path(output).parent.is_dir():
             raise UserError(f"--output {output}: directory {Path(output).parent} does not exist")
@@ -185,17 +195,40 @@ def export_cmd(
     filters = {"won": won, "agent": agent}
     with _open(store) as opened:
         info = opened.get_run(run)
+        decoder = _export_tokenizer(info, tokenizer) if level == "sft" else None
         if format == "jsonl":
-            count = export.export_jsonl(opened, output, info.id, **filters)
-            what = "episodes"
+            count = export.export_jsonl(opened, output, info.id, level=level, tokenizer=decoder, **filters)
+            what = f"{level} rows" if level else "episodes"
         elif format == "parquet":
-            count = export.export_parquet(opened, output, info.id, level=level or "step", **filters)
+            count = export.export_parquet(opened, output, info.id, level=level or "step", tokenizer=decoder, **filters)
             what = f"{level or 'step'} rows"
         else:
-            dataset = export.to_hf_dataset(opened, info.id, level=level or "episode", **filters)
+            dataset = export.to_hf_dataset(opened, info.id, level=level or "episode", tokenizer=decoder, **filters)
             dataset.save_to_disk(output)
             count, what = len(dataset), f"{level or 'episode'} rows"
     console.print(printable_text(f"wrote {count} {what} of run {info.id} ({info.name}) to {output}"))
+    if level in ("sft", "transcript") and count == 0:
+        console.print("[yellow]no token transcripts in the selected episodes (scripted agents record none)[/]")
+
+
+def _export_tokenizer(info: Any, explicit: str | None) -> Any:
+    """The tokenizer that decodes a run's token ids: ``--tokenizer``, else the run config's ``tokenizer``
+    or ``model`` (eval and recipe runs record them); one line with a hint when there is none."""
+    from agentrl.policies.base import PolicyError
+    from agentrl.policies.sources import load_tokenizer
+
+    config = info.config or {}
+    spec = explicit or config.get("tokenizer") or config.get("model")
+    hint = "pass --tokenizer MODEL (the directory or Hub id of the model that played the run)"
+    if not spec or not isinstance(spec, str):
+        raise UserError(f"run {info.id} ({printable(info.name)}) records no model to take a tokenizer from", hint=hint)
+    if spec.startswith(("http://", "https://")):
+        raise UserError(f"run {info.id}'s model is a server ({printable(spec)}), not a tokenizer", hint=hint)
+    spec = spec.removeprefix("vllm:")
+    try:
+        return load_tokenizer(spec)
+    except PolicyError as exc:
+        raise UserError(f"--level sft needs the run's tokenizer: {exc}", hint=exc.hint or hint) from exc
 
 
 @app.command("upgrade")

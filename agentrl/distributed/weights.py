@@ -28,36 +28,26 @@ one machine needs nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+# The format of one version directory (and how rollout engines read it) lives with the policies.
+from agentrl.policies.published import ADAPTER_CONFIG, ADAPTER_FILE, FULL_FILE, PublishedWeights, read_version
+from agentrl.policies.published import TIED_METADATA as _TIED
+
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_FILE", "FULL_FILE", "LATEST", "PublishedWeights", "WeightPublisher",
+           "hold_latest", "latest_version", "load_latest", "publish_weights"]  # fmt: skip
+
 LATEST = "LATEST"
-FULL_FILE = "model.safetensors"  # the name transformers gives a single-file checkpoint
-ADAPTER_FILE = "adapter_model.safetensors"  # PEFT's names
-ADAPTER_CONFIG = "adapter_config.json"
-_TIED = "agentrl_tied"  # safetensors metadata: {dropped key: key holding the same tensor}
 _TMP_PREFIX = ".tmp-v"
 _TRASH_PREFIX = ".pruned-v"
-
-
-@dataclass(frozen=True)
-class PublishedWeights:
-    """One published version, read into memory: full weights, or LoRA adapters with their config."""
-
-    version: int
-    path: Path  # the version's directory (may be pruned once loaded; the tensors are in memory)
-    tensors: dict[str, Any]  # state_dict (full) or PEFT-keyed adapter tensors, on the CPU
-    adapter_config: dict[str, Any] | None = None  # adapter_config.json; None for full weights
-
-    @property
-    def is_adapter(self) -> bool:
-        return self.adapter_config is not None
 
 
 class WeightPublisher:
@@ -165,11 +155,33 @@ def load_latest(directory: str | os.PathLike[str], newer_than: int | None = None
     Holds a shared lock on the version's directory while reading, so the publisher cannot prune it
     mid-read; a version pruned before the lock was taken is noticed and ``LATEST`` read again.
     """
+    for _ in range(10):
+        try:
+            with hold_latest(directory, newer_than) as held:
+                return None if held is None else _read_version(held[1], held[0])
+        except FileNotFoundError:
+            continue  # pruned under us on a filesystem without working locks: read LATEST again
+        except OSError as exc:
+            if exc.errno != errno.ESTALE:  # NFS: the directory went away under us
+                raise
+    raise RuntimeError(f"could not read the latest weights in {directory}: versions kept disappearing while reading")
+
+
+@contextlib.contextmanager
+def hold_latest(directory: str | os.PathLike[str], newer_than: int | None = None) -> Iterator[tuple[int, Path] | None]:
+    """``(version, directory of it)`` of the newest version newer than ``newer_than`` (else ``None``), kept on disk
+    while the ``with`` block runs.
+
+    The shared lock :func:`load_latest` takes while reading is held for the whole block, so a reader
+    that is not this process (a vLLM engine or an ``agentrl serve`` told to load the path) can read the
+    directory before the publisher may prune it.
+    """
     directory = Path(directory)
     for _ in range(10):
         version = latest_version(directory)
         if version is None or (newer_than is not None and version <= newer_than):
-            return None
+            yield None
+            return
         path = directory / f"v{version}"
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -179,32 +191,32 @@ def load_latest(directory: str | os.PathLike[str], newer_than: int | None = None
             fcntl.flock(fd, fcntl.LOCK_SH)  # waits while the publisher is deleting this very version
             if not _same_file(fd, path):
                 continue  # pruned (or replaced) between our open and our lock
-            return _read_version(path, version)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            if exc.errno != errno.ESTALE:  # NFS: the directory went away under us
-                raise
+            yield version, path
+            return
         finally:
             os.close(fd)
     raise RuntimeError(f"could not read the latest weights in {directory}: versions kept disappearing while reading")
 
 
-def _read_version(path: Path, version: int) -> PublishedWeights:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+def publish_weights(publisher: WeightPublisher, learner: Any) -> Path:
+    """Publish ``learner``'s current policy as version ``learner.step``; returns the version's directory.
 
-    adapter = path / ADAPTER_FILE
-    if adapter.exists():
-        config = json.loads((path / ADAPTER_CONFIG).read_text())
-        return PublishedWeights(version, path, load_file(str(adapter)), config)
-    full = path / FULL_FILE
-    with safe_open(str(full), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    tensors = load_file(str(full))
-    for alias, source in json.loads(metadata.get(_TIED, "{}")).items():
-        tensors[alias] = tensors[source]
-    return PublishedWeights(version, path, tensors)
+    What a learner must offer (the contract the drivers rely on): ``step``, and either
+    ``lora_adapter()`` returning ``(tensors, adapter_config)`` when it trains LoRA adapters (only
+    they are published: a few MB instead of the whole model, and vLLM loads them as they are), or
+    ``full_state_dict()`` (an FSDP learner: the unsharded weights, gathered on rank 0), or ``model``
+    (whose ``state_dict()`` is published).
+    """
+    adapter = learner.lora_adapter() if hasattr(learner, "lora_adapter") else None
+    if adapter is not None:
+        tensors, config = adapter
+        return publisher.publish_adapter(tensors, config, learner.step)
+    full = getattr(learner, "full_state_dict", None)
+    return publisher.publish(full() if full is not None else learner.model.state_dict(), learner.step)
+
+
+def _read_version(path: Path, version: int) -> PublishedWeights:
+    return read_version(path, version)
 
 
 def _dedupe_shared(state_dict: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentrl.distributed.rollout_engine import RolloutConfig
+
 
 @dataclass
 class WorkerSpec:
@@ -38,6 +40,36 @@ class WorkerSpec:
     seed: int = 0  # base of the worker's sampling seed (worker i uses seed + 1000 * i)
     torch_threads: int = 1  # intra-op threads per worker (leave cores to the learner)
     revision: str | None = None  # Hub commit of ``model`` (pins every worker, restarted ones too, to the learner's base)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # backend: hf, vllm (needs a GPU per worker) or openai
+    lora_rank: int | None = None  # the learner's LoRA rank when it publishes adapters (a vLLM engine is built for them)
+
+
+def worker_policy(spec: WorkerSpec, worker_id: int) -> tuple[Any, Any]:
+    """``(policy, tokenizer)`` of worker ``worker_id`` on ``spec.rollout.backend``.
+
+    ``openai``: ``rollout.url`` lists one server per worker (comma-separated; worker ``i`` uses the
+    ``i``-th): a worker loads each new version into its server between groups, so two workers sharing
+    one server would change each other's weights mid-group.
+    """
+    rollout, seed = spec.rollout, spec.seed + 1000 * worker_id
+    rollout.validate()
+    if rollout.backend == "hf":
+        from agentrl.policies import HFPolicy
+
+        policy = HFPolicy(spec.model, seed=seed, revision=spec.revision)
+        return policy, policy.tokenizer
+    if rollout.backend == "vllm":
+        from agentrl.policies.vllm import VLLMPolicy
+
+        policy = VLLMPolicy(spec.model, seed=seed, revision=spec.revision, enable_lora=spec.lora_rank is not None,
+                            max_lora_rank=spec.lora_rank or 16, **rollout.engine_args)  # fmt: skip
+        return policy, policy.tokenizer
+    from agentrl.policies.openai import OpenAIPolicy
+    from agentrl.policies.sources import load_tokenizer
+
+    urls = [u.strip() for u in rollout.url.split(",") if u.strip()]
+    policy = OpenAIPolicy(urls[worker_id % len(urls)], rollout.served_model, api_key=rollout.api_key, mode="completions")
+    return policy, load_tokenizer(spec.model, revision=spec.revision)
 
 
 class RolloutWorker:
@@ -48,14 +80,13 @@ class RolloutWorker:
 
         import agentrl
         from agentrl.agents.llm import LLMAgent, prompt_format_for
-        from agentrl.policies import HFPolicy
         from agentrl.store import open_store
 
         torch.set_num_threads(max(1, spec.torch_threads))
         self.spec = spec
         self.worker_id = worker_id
-        self.policy = HFPolicy(spec.model, seed=spec.seed + 1000 * worker_id, revision=spec.revision)
-        self.agent = LLMAgent(self.policy.tokenizer, prompt_format_for(spec.env), layout=spec.layout,
+        self.policy, tokenizer = worker_policy(spec, worker_id)
+        self.agent = LLMAgent(tokenizer, prompt_format_for(spec.env), layout=spec.layout,
                               history=spec.history)
         self.entry = agentrl.registry.resolve(spec.env)
         self.store = open_store(spec.store)
@@ -70,18 +101,17 @@ class RolloutWorker:
     def refresh(self) -> int:
         """Load the newest published weights if they are newer than ours; returns our version.
 
-        Full weights replace the model's; LoRA adapters are applied to the base model (see
-        :meth:`~agentrl.policies.hf.HFPolicy.load_adapter`).
+        The policy loads the version directory itself (``load_published``: full weights replace the
+        model's, LoRA adapters run on the base model), while this worker holds the version on disk so
+        that the learner cannot prune it before a server has read it.
         """
-        from agentrl.distributed.weights import load_latest
+        from agentrl.distributed.weights import hold_latest
 
-        published = load_latest(self.spec.weights_dir, newer_than=self.policy.version if self._loaded else None)
-        if published is None:
-            return self.policy.version
-        if published.is_adapter:
-            self.policy.load_adapter(published.tensors, published.adapter_config, published.version)
-        else:
-            self.policy.load_weights(published.tensors, published.version)
+        with hold_latest(self.spec.weights_dir, newer_than=self.policy.version if self._loaded else None) as held:
+            if held is None:
+                return self.policy.version
+            version, path = held
+            self.policy.load_published(path, version)
         self._loaded = True
         return self.policy.version
 

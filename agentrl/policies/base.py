@@ -5,10 +5,13 @@ Every inference backend (transformers, vLLM, an OpenAI-compatible server) implem
 owns tokenisation so that the ids a learner trains on are exactly the ids the policy saw and
 sampled (see DESIGN.md, "Tokens in, tokens out").
 
-Log-probabilities and entropies are those of the *temperature-scaled* next-token distribution,
-``softmax(logits / temperature)``, before top-p/top-k truncation (for ``temperature == 0`` they are
-those of ``softmax(logits)``). That is the distribution a learner recomputes with the same
-temperature, so importance ratios start at exactly 1 for on-policy data.
+Log-probabilities and entropies are those of the distribution each token was drawn from: the
+temperature-scaled ``softmax(logits / temperature)``, restricted to the allowed tokens and
+renormalised under constrained decoding, truncated and renormalised under top-k / top-p (for
+``temperature == 0`` they are those of ``softmax(logits)``). The settings are recorded with the
+tokens (:func:`sampling_settings`), so a learner recomputes that very distribution and importance
+ratios start at exactly 1 for on-policy data (DESIGN.md, "The learner trains the distribution that
+acted").
 """
 
 from __future__ import annotations
@@ -100,6 +103,7 @@ class Capabilities:
     entropies: bool = False  # SamplingParams.return_entropies is honoured
     constrained: bool = False  # generate(..., choices=...) restricts decoding to given completions
     chat_input: bool = False  # takes chat messages (generate_messages) instead of token ids
+    weight_updates: bool = False  # load_published(path, version) makes it run a learner's published version
 
 
 @runtime_checkable

@@ -11,6 +11,10 @@ queued (waiting ``max_wait_s`` for stragglers), groups the jobs by sampling sett
 ``max_batch_rows`` rows at a time. Each row carries its own seed (``HFPolicy.generate(seeds=...)``),
 so a seeded request gets the same tokens whether it ran alone or beside others. Jobs are answered
 through ``concurrent.futures.Future``; streaming jobs also get each token as it is sampled.
+
+:meth:`GenerateBatcher.call` runs any other function on the policy (a weight update) on the same
+thread, in arrival order: requests queued before it finish with the old weights, requests queued
+after it start with the new ones, and no ``generate`` call ever sees weights change under it.
 """
 
 from __future__ import annotations
@@ -37,6 +41,14 @@ class GenerateJob:
     future: Future = field(default_factory=Future)
 
 
+@dataclass
+class CallJob:
+    """A function to run on the thread that owns the policy, between two ``generate`` calls."""
+
+    fn: Callable[[], Any]
+    future: Future = field(default_factory=Future)
+
+
 class GenerateBatcher:
     """Serialises access to ``policy`` and merges concurrent jobs into batched ``generate`` calls.
 
@@ -49,7 +61,7 @@ class GenerateBatcher:
         self.max_batch_rows = max(1, int(max_batch_rows))
         self.max_wait_s = max_wait_s
         self.stats = {"jobs": 0, "rows": 0, "generate_calls": 0, "largest_batch": 0}
-        self._queue: queue.Queue[GenerateJob | None] = queue.Queue()
+        self._queue: queue.Queue[GenerateJob | CallJob | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="agentrl-generate", daemon=True)
         self._thread.start()
 
@@ -60,6 +72,12 @@ class GenerateBatcher:
         self._queue.put(job)
         return job.future
 
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run ``fn()`` on the policy's thread after every job queued before it; the future holds its result."""
+        job = CallJob(fn)
+        self._queue.put(job)
+        return job.future
+
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=30)
@@ -67,10 +85,15 @@ class GenerateBatcher:
     # -- the worker thread ----------------------------------------------------------------------
 
     def _work(self) -> None:
+        pending: GenerateJob | CallJob | None = None
         while True:
-            first = self._queue.get()
+            first = pending if pending is not None else self._queue.get()
+            pending = None
             if first is None:
                 return
+            if isinstance(first, CallJob):
+                self._call(first)
+                continue
             jobs, closing = [first], False
             deadline = time.monotonic() + self.max_wait_s
             while sum(len(j.prompts) for j in jobs) < self.max_batch_rows:
@@ -81,11 +104,21 @@ class GenerateBatcher:
                 if nxt is None:
                     closing = True
                     break
+                if isinstance(nxt, CallJob):  # a barrier: what came before it runs first
+                    pending = nxt
+                    break
                 jobs.append(nxt)
             for group in self._groups(jobs):
                 self._run(group)
             if closing:
                 return
+
+    @staticmethod
+    def _call(job: CallJob) -> None:
+        try:
+            job.future.set_result(job.fn())
+        except Exception as exc:  # the caller hears about it; the worker lives on
+            job.future.set_exception(exc)
 
     def _groups(self, jobs: list[GenerateJob]) -> list[list[GenerateJob]]:
         """Jobs with equal sampling settings (seed aside), in arrival order, cut at ``max_batch_rows``."""

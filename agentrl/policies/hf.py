@@ -13,12 +13,13 @@ computed once, on the device, while sampling; ``generate(output_logits=True)`` w
 
 Constrained decoding: ``generate(..., choices=...)`` gives each prompt a list of allowed
 completions (token-id sequences); the row then samples only tokens that keep its completion a prefix
-of one of them and stops when it equals one. The recorded log-probs and entropies stay those of the
-model's own (unconstrained) distribution, the one a learner recomputes, so importance ratios still
-start at 1; only the choice of token is restricted. A token that was the only one allowed gets
-``loss_mask`` 0: the constrained policy took it with probability 1, so it has no policy gradient
-(pushing its unconstrained probability up or down would only move mass onto tokens that can never
-be sampled).
+of one of them and stops when it equals one. The token is drawn from ``q``, the model's distribution
+restricted to the allowed tokens and renormalised, and what is recorded is ``log q`` and ``H(q)``
+with the allowed set of every token (``Completion.allowed``): the learner recomputes ``q`` over the
+same sets, so its ratios are exact (training ``log p`` instead would add an ``E[A grad log Z]`` term
+and let EMPG/EPO read probability leaked outside the allowed set as uncertainty). A token that was
+the only one allowed has ``log q = 0`` and gets ``loss_mask`` 0: it carries no gradient.
+Top-k / top-p sampling likewise records the log-probs of the truncated, renormalised distribution.
 
 Seeding: a ``torch.Generator`` per call when ``SamplingParams.seed`` is set (same seed, same
 prompts, same batch => same completions), else the policy's own running generator.
@@ -111,6 +112,12 @@ class HFPolicy:
         """Take new full weights from a learner; ``version`` (default: +1) is recorded on later rollouts."""
         if self._adapter is not None:
             raise PolicyError("this policy runs LoRA adapters on its base model; load adapters, not full weights")
+        expected = self.model.state_dict()
+        missing, unexpected = sorted(set(expected) - set(state_dict)), sorted(set(state_dict) - set(expected))
+        wrong = [k for k in expected if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
+        if missing or unexpected or wrong:  # checked before any copy: a refused update leaves the old weights whole
+            raise PolicyError(f"weights do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                              f"wrong shape {wrong[:3]}")  # fmt: skip
         self.model.load_state_dict(state_dict, strict=True)
         self.version = self.version + 1 if version is None else int(version)
 
@@ -144,9 +151,20 @@ class HFPolicy:
         self.model.eval()
         self.version = self.version + 1 if version is None else int(version)
 
+    def load_published(self, path: str | os.PathLike[str], version: int | None = None) -> None:
+        """Run the version a learner published in directory ``path`` (:mod:`agentrl.policies.published`):
+        full weights through :meth:`load_weights`, LoRA adapters through :meth:`load_adapter`."""
+        from agentrl.policies.published import read_version
+
+        published = read_version(path, version)
+        if published.is_adapter:
+            self.load_adapter(published.tensors, published.adapter_config, published.version)
+        else:
+            self.load_weights(published.tensors, published.version)
+
     # -- generation -----------------------------------------------------------------------------
 
-    capabilities = Capabilities(entropies=True, constrained=True)
+    capabilities = Capabilities(entropies=True, constrained=True, weight_updates=True)
 
     def generate(
         self,
@@ -415,38 +433,55 @@ class ChoiceConstraint:
 def _sample(logits, sampling: SamplingParams, generator, allowed=None, *, return_logp: bool = False):
     """Sample one token per row. Returns ``(token [B], logprob [B], entropy [B])``, plus ``logp [B, V]`` with ``return_logp``.
 
-    logprob/entropy are of ``softmax(logits / T)`` before truncation (T = 1 when greedy), also when
-    ``allowed`` (a ``[B, V]`` bool mask) restricts which tokens may be drawn. ``generator`` is one
-    generator for the batch or a list with one per row (each row then draws from its own).
+    ``logprob`` and ``entropy`` are those of the distribution the token was drawn from: the model's
+    ``softmax(logits / T)`` (T = 1 when greedy), restricted to the ``allowed`` tokens and renormalised
+    where constrained decoding applies (``allowed``: a ``[B, V]`` bool mask; rows that allow every
+    token are the model's distribution unchanged), then truncated to the top-k / nucleus and
+    renormalised where those apply. That is the distribution a learner must recompute for its ratios
+    to be exact. ``logp`` is the model's tempered, unrestricted distribution (for ``top_logprobs``).
+    ``generator`` is one generator for the batch or a list with one per row.
     """
     import torch
 
     logits = logits.float()
     temperature = sampling.temperature if sampling.temperature > 0 else 1.0
-    logp = torch.log_softmax(logits / temperature, dim=-1)  # [B, V]
-    entropy = -(logp.exp() * logp).sum(-1)  # [B]
-    pick = logp if allowed is None else torch.log_softmax(logp.masked_fill(~allowed, float("-inf")), dim=-1)
+    logp = torch.log_softmax(logits / temperature, dim=-1)  # [B, V] the model's distribution p
+    dist = logp
+    if allowed is not None:  # q = p restricted to the allowed tokens, renormalised
+        constrained = ~allowed.all(-1, keepdim=True)  # [B, 1]
+        dist = torch.where(constrained, torch.log_softmax(logp.masked_fill(~allowed, float("-inf")), dim=-1), logp)
     if sampling.temperature == 0:
-        token = pick.argmax(-1)
+        token = dist.argmax(-1)
     else:
-        filtered = pick
-        if sampling.top_k:
-            kth = torch.topk(filtered, min(sampling.top_k, filtered.shape[-1]), dim=-1).values[:, -1:]
-            filtered = filtered.masked_fill(filtered < kth, float("-inf"))
-        if sampling.top_p < 1.0:
-            sorted_logp, order = torch.sort(filtered, descending=True, dim=-1)
-            cumulative = sorted_logp.exp().cumsum(-1)
-            drop_sorted = (cumulative - sorted_logp.exp()) >= sampling.top_p  # keep the first token always
-            drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-            filtered = filtered.masked_fill(drop, float("-inf"))
-        probs = filtered.softmax(-1)
+        if sampling.top_k or sampling.top_p < 1.0:
+            dist = _truncate(dist, sampling.top_k, sampling.top_p)
+        probs = dist.exp()
         if isinstance(generator, list):
             token = torch.cat([torch.multinomial(probs[row : row + 1], 1, generator=g) for row, g in enumerate(generator)])
         else:
             token = torch.multinomial(probs, 1, generator=generator)
         token = token.squeeze(-1)
-    chosen = logp.gather(-1, token[:, None]).squeeze(-1)
+    chosen = dist.gather(-1, token[:, None]).squeeze(-1)
+    entropy = -(dist.exp() * dist.masked_fill(dist == float("-inf"), 0.0)).sum(-1)  # [B]; no 0 * -inf
     return (token, chosen, entropy, logp) if return_logp else (token, chosen, entropy)
+
+
+def _truncate(logp, top_k: int, top_p: float):
+    """``logp [B, V]`` truncated to its ``top_k`` most likely tokens and then its nucleus of mass ``top_p``
+    (the most likely token always stays), renormalised: the distribution actually sampled from."""
+    import torch
+
+    filtered = logp
+    if top_k:
+        kth = torch.topk(filtered, min(top_k, filtered.shape[-1]), dim=-1).values[:, -1:]
+        filtered = filtered.masked_fill(filtered < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logp, order = torch.sort(filtered, descending=True, dim=-1)
+        cumulative = sorted_logp.exp().cumsum(-1)
+        drop_sorted = (cumulative - sorted_logp.exp()) >= top_p  # keep the first token always
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        filtered = filtered.masked_fill(drop, float("-inf"))
+    return torch.log_softmax(filtered, dim=-1)
 
 
 def timed_generate(policy, prompts: list[list[int]], sampling: SamplingParams) -> tuple[list[Completion], float]:

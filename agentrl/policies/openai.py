@@ -45,6 +45,7 @@ import random
 import threading
 import time
 import weakref
+from pathlib import Path
 from typing import Any
 
 from agentrl.policies.base import Capabilities, Completion, PolicyError, SamplingParams
@@ -75,11 +76,17 @@ class OpenAIPolicy:
         max_concurrency: int = 64,
         token_id_extensions: bool = True,
         name: str | None = None,
+        adapter_name: str = "agentrl-lora",
+        update_timeout: float = 900.0,
     ):
         if mode not in ("completions", "chat"):
             raise ValueError(f"unknown mode {mode!r}; choose completions or chat")
         base_url = base_url.rstrip("/")
         self.base_url = base_url if base_url.endswith("/v1") else base_url + "/v1"
+        self.root_url = self.base_url.removesuffix("/v1")  # the server's own routes (weight updates) live here
+        self.adapter_name = adapter_name
+        self.update_timeout = update_timeout
+        self._adapter_loaded = False
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.mode = mode
         self.timeout = timeout
@@ -95,7 +102,8 @@ class OpenAIPolicy:
         self._lock = threading.Lock()
         self.model = model or self._first_model()
         self.name = name or f"{self.base_url}#{self.model}"
-        self.capabilities = Capabilities(token_ids=mode == "completions", chat_input=mode == "chat")
+        self.capabilities = Capabilities(token_ids=mode == "completions", chat_input=mode == "chat",
+                                         weight_updates=mode == "completions")  # fmt: skip
         self.max_context: int | None = None  # the server says when a prompt does not fit
 
     # -- the Policy interface -------------------------------------------------------------------
@@ -124,6 +132,40 @@ class OpenAIPolicy:
             bodies.append(body)
         replies = self._run_all("/chat/completions", bodies)
         return [self._from_reply(reply, sampling, chat=True) for reply in replies]
+
+    def load_published(self, path: str | os.PathLike[str], version: int) -> None:
+        """Make the server run the version a learner published in directory ``path`` (on a filesystem it can read).
+
+        Full weights: ``POST /collective_rpc`` (method ``agentrl_load_weights``), then ``POST
+        /reset_prefix_cache``; every worker must answer with ``version``. LoRA adapters: ``POST
+        /v1/load_lora_adapter`` as ``<adapter_name>-v<version>``, later requests name that adapter, and the
+        previous one is unloaded. See :mod:`agentrl.policies.weight_routes` for the protocol and the
+        server flags it needs; a server without the routes is one :class:`PolicyError` saying which.
+        """
+        from agentrl.policies.published import is_adapter_dir
+        from agentrl.policies.vllm_worker import LOAD_METHOD
+
+        directory = str(Path(path).resolve())
+        version = int(version)
+        try:
+            if is_adapter_dir(directory):
+                name = f"{self.adapter_name}-v{version}"
+                self._call_root("/v1/load_lora_adapter", {"lora_name": name, "lora_path": directory})
+                previous = self.model if self._adapter_loaded else None
+                self.model, self._adapter_loaded = name, True
+                if previous is not None and previous != name:
+                    self._call_root("/v1/unload_lora_adapter", {"lora_name": previous})
+            else:
+                body = {"method": LOAD_METHOD, "kwargs": {"path": directory, "version": str(version)}}
+                reply = self._call_root("/collective_rpc", body)
+                results = reply.get("results") if isinstance(reply, dict) else None
+                if not results or any(not isinstance(r, dict) or r.get("version") != version for r in results):
+                    raise PolicyError(f"{self.root_url}/collective_rpc: the workers did not all load version {version} "
+                                      f"(answers: {str(results)[:300]})")  # fmt: skip
+                self._call_root("/reset_prefix_cache", None)  # cached KV was computed with the old weights
+        except PolicyError as exc:
+            raise PolicyError(str(exc), hint=exc.hint or _WEIGHT_ROUTES_HINT) from None
+        self.version = version
 
     def close(self) -> None:
         """Close the connection pool and its event loop (the policy can be used again afterwards)."""
@@ -186,6 +228,15 @@ class OpenAIPolicy:
             text=text,
         )
 
+    def _call_root(self, path: str, body: dict[str, Any] | None) -> Any:
+        """POST ``body`` to the server's own route ``path`` (outside ``/v1``); text replies come back as ``{"text": ...}``."""
+        loop = self._ensure_loop()
+        coroutine = self._request("POST", path, body, url=self.root_url + path, raw=True, timeout=self.update_timeout)
+        reply = asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+        if isinstance(reply, _HTTPFailure):
+            raise PolicyError(f"{self.root_url}{path}: HTTP {reply.status}: {reply.message}")
+        return reply
+
     def _first_model(self) -> str:
         reply = self._run_all("/models", [None], method="GET")[0]
         data = reply.get("data") or [] if isinstance(reply, dict) else []
@@ -224,17 +275,21 @@ class OpenAIPolicy:
 
         return asyncio.run_coroutine_threadsafe(run(), loop).result()
 
-    async def _request(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any] | _HTTPFailure:
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None, *, url: str | None = None,
+                       raw: bool = False, timeout: float | None = None) -> dict[str, Any] | _HTTPFailure:  # fmt: skip
+        """One request with retries. ``raw``: a 2xx reply that is not JSON comes back as ``{"text": ...}``."""
         import httpx
 
-        url = self.base_url + path
+        url = url or self.base_url + path
         last = "no attempt"
         for attempt in range(self.max_retries + 1):
             self.stats["requests"] += 1
             wait = None
             try:
-                response = await self._client.request(method, url, json=body)
+                response = await self._client.request(method, url, json=body, timeout=timeout or self.timeout)
                 if response.status_code < 300:
+                    if raw and "json" not in response.headers.get("content-type", ""):
+                        return {"text": response.text}
                     return response.json()
                 failure = _failure(response)
             except httpx.TimeoutException:
@@ -266,6 +321,13 @@ class OpenAIPolicy:
             return min(max(0.0, retry_after), self.max_retry_after)
         base = self.backoff * 2**attempt
         return base * random.uniform(0.5, 1.0)
+
+
+_WEIGHT_ROUTES_HINT = (
+    "weight updates need the server's RL routes: vLLM started with VLLM_SERVER_DEV_MODE=1 and --worker-extension-cls "
+    "agentrl.policies.vllm_worker.WeightSyncExtension (LoRA: --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True), "
+    "or `agentrl serve --weights-dir DIR` with the published versions under DIR"
+)
 
 
 def _failure(response: Any) -> _HTTPFailure:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -42,6 +43,7 @@ from typing import Any
 from agentrl.policies.base import Completion, SamplingParams
 from agentrl.policies.batching import GenerateBatcher, GenerateJob
 from agentrl.policies.openai_schema import APIError, ChatCompletionRequest, CompletionRequest, _Sampling
+from agentrl.policies.weight_routes import WeightUpdates, add_weight_routes
 
 MAX_SEED = 2**63 - 1
 
@@ -53,6 +55,8 @@ class PolicyServer:
     ``port=0`` picks a free port; ``url`` is the base URL (``http://127.0.0.1:PORT/v1``). Use
     ``start()``/``stop()`` (a background thread; also a context manager) or ``serve_forever()``.
     ``max_tokens_limit`` caps the default ``max_tokens`` of a chat request that gives none.
+    ``weights_dir`` turns on the weight-update routes (:mod:`agentrl.policies.weight_routes`): a learner
+    can then make the server run the versions it publishes under that directory.
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class PolicyServer:
         max_tokens_limit: int = 4096,
         max_batch_rows: int = 64,
         max_wait_s: float = 0.002,
+        weights_dir: str | os.PathLike[str] | None = None,
     ):
         from agentrl.serving import BackgroundServer
 
@@ -79,6 +84,7 @@ class PolicyServer:
         self.eos_ids = set(getattr(policy, "eos_ids", ()) or ([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []))
         self.vocab_size = len(self.tokenizer)
         self.batcher = GenerateBatcher(policy, max_batch_rows=max_batch_rows, max_wait_s=max_wait_s)
+        self.weights = WeightUpdates(self, weights_dir) if weights_dir is not None else None
         self.app = build_app(self)
         self._server = BackgroundServer(self.app, host=host, port=port)
 
@@ -112,13 +118,20 @@ class PolicyServer:
         if self.api_key is not None and header != f"Bearer {self.api_key}":
             raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
 
+    @property
+    def served_name(self) -> str:
+        """The model name requests must use: the base model's, or the LoRA adapter's while one is loaded."""
+        adapter = self.weights.adapter if self.weights is not None else None
+        return adapter or self.model_name
+
     def model_card(self) -> dict[str, Any]:
-        return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "agentrl",
-                "root": self.model_name, "parent": None, "max_model_len": self.max_context}  # fmt: skip
+        parent = self.model_name if self.served_name != self.model_name else None
+        return {"id": self.served_name, "object": "model", "created": self.created, "owned_by": "agentrl",
+                "root": self.model_name, "parent": parent, "max_model_len": self.max_context}  # fmt: skip
 
     def check_model(self, model: str | None) -> None:
-        if model not in (None, "", self.model_name):
-            raise APIError(404, f"The model `{model}` does not exist (this server serves `{self.model_name}`).",
+        if model not in (None, "", self.served_name):
+            raise APIError(404, f"The model `{model}` does not exist (this server serves `{self.served_name}`).",
                            code="model_not_found", param="model")  # fmt: skip
 
     def encode(self, prompt: Any) -> list[int]:
@@ -195,7 +208,7 @@ class PolicyServer:
             "id": f"{'chatcmpl' if kind.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex[:24]}",
             "object": kind,
             "created": int(time.time()),
-            "model": self.model_name,
+            "model": self.served_name,
             "system_fingerprint": None,
             "choices": choices,
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
@@ -327,7 +340,7 @@ class PolicyServer:
             else:
                 choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": reason}
             choice.update(extra or {})
-            body = {"id": ident, "object": f"{kind}.chunk" if chat else kind, "created": created, "model": self.model_name,
+            body = {"id": ident, "object": f"{kind}.chunk" if chat else kind, "created": created, "model": self.served_name,
                     "system_fingerprint": None, "choices": [choice]}  # fmt: skip
             return f"data: {json.dumps(body)}\n\n"
 
@@ -366,7 +379,7 @@ class PolicyServer:
             yield chunk(row, rest, reason, extra)
         if req.stream_options is not None and req.stream_options.include_usage:
             usage = self.envelope(kind, [], list({tuple(r): r for r in rows}.values()), completions)["usage"]
-            body = {"id": ident, "object": f"{kind}.chunk" if chat else kind, "created": created, "model": self.model_name,
+            body = {"id": ident, "object": f"{kind}.chunk" if chat else kind, "created": created, "model": self.served_name,
                     "choices": [], "usage": usage}  # fmt: skip
             yield f"data: {json.dumps(body)}\n\n"
         yield "data: [DONE]\n\n"
@@ -431,5 +444,8 @@ def build_app(server: PolicyServer):
     @app.post("/v1/chat/completions", dependencies=[Depends(auth)])
     async def chat(req: ChatCompletionRequest) -> Any:
         return await server.chat(req)
+
+    if server.weights is not None:
+        add_weight_routes(app, server.weights, auth)
 
     return app

@@ -132,8 +132,8 @@ class ModelActor:
         info: dict[str, Any] = {"finish_reason": completion.finish_reason}
         if not state.last_parse_ok:
             info.update(parse_error=True, invalid_action=True)
-        if completion.token_ids is None and completion.text is not None:
-            state.meta.setdefault("response_text", []).append(completion.text)
+        if (completion.token_ids is None or self.agent.tokenizer is None) and completion.text is not None:
+            state.meta.setdefault("response_text", []).append(completion.text)  # text in, text out: keep the text
         self.stats["tokens_generated"] += completion.num_tokens
         return Decision(action, info=info, tokens=completion.num_tokens)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -38,6 +39,7 @@ class StepBatch:
 
     sequences: list[list[int]] = field(default_factory=list)  # [Q] transcript ids
     seq_traj: list[int] = field(default_factory=list)  # [Q] trajectory of each sequence
+    seq_temperature: list[float] = field(default_factory=list)  # [Q] sampling temperature of its sampled tokens
     step_seq: list[int] = field(default_factory=list)  # [S] sequence holding the step's response
     step_start: list[int] = field(default_factory=list)  # [S] position of its first response token there
     response_ids: list[list[int]] = field(default_factory=list)  # [S] the sampled ids
@@ -45,14 +47,18 @@ class StepBatch:
     behaviour_logprobs: list[list[float] | None] = field(default_factory=list)  # [S] None when not recorded
     behaviour_entropies: list[list[float] | None] = field(default_factory=list)  # [S] None when not recorded
     allowed: list[list[list[int] | None] | None] = field(default_factory=list)  # [S] constrained decoding sets
+    versions: list[list[int]] = field(default_factory=list)  # [S] policy version per response id (-1: unknown)
     turn: list[int] = field(default_factory=list)  # [S] turn number within its trajectory
     env_seconds: list[float] = field(default_factory=list)  # [S] wall time of the env step
     rewards: list[float] = field(default_factory=list)  # [S] the env's reward for the turn
     observations: list[str] = field(default_factory=list)  # [S] the observation the turn acted on
+    infos: list[dict[str, Any]] = field(default_factory=list)  # [S] the turn's env info (Step.info, not copied)
     traj_index: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))  # [S] step -> trajectory
     returns: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # [T] sum of the episode's rewards
     group_ids: list[object] = field(default_factory=list)  # [T]
+    episode_rewards: list[list[float]] = field(default_factory=list)  # [T] every turn's env reward, steps or not
     won: list[bool] = field(default_factory=list)  # [T]
+    inclusion: list[float | None] = field(default_factory=list)  # [T] meta["inclusion_probability"] (None: not recorded)
     dropped_episodes: int = 0  # episodes left out (error set, or no sampled tokens)
 
     @property
@@ -78,6 +84,29 @@ class StepBatch:
         return out
 
 
+def sampling_temperature(sampling: dict | None, where: str) -> float:
+    """The temperature a transcript's sampled tokens were drawn with, checked for training.
+
+    Recorded settings are the data's own: the learner recomputes exactly that distribution. A
+    transcript without settings (expert demonstrations, stores from before they were recorded) is
+    scored at temperature 1. Greedy samples (temperature 0) and truncated sampling (top-k, top-p < 1)
+    are refused: a greedy token has no sampling probability, and the truncated distribution's support
+    depends on the weights being trained, so its ratios cannot be recomputed exactly (sample with
+    top_p=1, top_k=0 for training; evaluate with whatever you like).
+    """
+    if sampling is None:
+        return 1.0
+    temperature = float(sampling.get("temperature", 1.0))
+    if temperature <= 0:
+        raise ValueError(f"{where} was sampled greedily (temperature 0): there is no distribution to train; sample with temperature > 0")
+    if float(sampling.get("top_p", 1.0)) < 1.0 or int(sampling.get("top_k", 0)) > 0:
+        raise ValueError(
+            f"{where} was sampled with top_p={sampling.get('top_p')}, top_k={sampling.get('top_k')}: the learner "
+            "cannot recompute a truncated distribution exactly; sample training rollouts with top_p=1, top_k=0"
+        )
+    return temperature
+
+
 def build_batch(episodes: Sequence[Episode]) -> StepBatch:
     """The transcripts of ``episodes`` as sequences and steps, checking every transcript's fields.
 
@@ -99,6 +128,8 @@ def build_batch(episodes: Sequence[Episode]) -> StepBatch:
         returns.append(episode.episode_return)
         batch.group_ids.append(episode.group_id if episode.group_id is not None else (episode.env_id, episode.task_id))
         batch.won.append(bool(episode.won))
+        batch.episode_rewards.append([float(s.reward) for s in episode.steps])
+        batch.inclusion.append(episode.meta.get("inclusion_probability"))
         for transcript in episode.transcripts:
             try:
                 transcript.check()
@@ -110,6 +141,7 @@ def build_batch(episodes: Sequence[Episode]) -> StepBatch:
             q = len(batch.sequences)
             batch.sequences.append(list(transcript.ids))
             batch.seq_traj.append(t)
+            batch.seq_temperature.append(sampling_temperature(transcript.sampling, where))
             allowed = transcript.extras.get(ALLOWED, {})
             for turn, (_, start, end) in spans.items():
                 if start == 0:
@@ -129,10 +161,12 @@ def build_batch(episodes: Sequence[Episode]) -> StepBatch:
                 batch.behaviour_entropies.append(None if transcript.entropies is None else transcript.entropies[start:end])
                 sets = [allowed.get(i) for i in range(start, end)] if allowed else None
                 batch.allowed.append(sets)
+                batch.versions.append(transcript.versions[start:end])
                 batch.turn.append(turn)
                 batch.env_seconds.append(float(step.env_seconds))
                 batch.rewards.append(float(step.reward))
                 batch.observations.append(step.observation)
+                batch.infos.append(step.info)
                 traj_index.append(t)
     if not batch.response_ids:
         raise NoUsableEpisodesError(
@@ -165,13 +199,16 @@ def micro_batches(lengths: Sequence[int], indices: Sequence[int], max_tokens: in
 
 def collate(
     batch: StepBatch, seq_indices: Sequence[int], pad_id: int, device: torch.device, steps_of: list[list[int]] | None = None
-) -> dict[str, torch.Tensor | list[int]]:
+) -> dict[str, Any]:
     """Padded sequences plus step-shaped views of their scored positions.
 
     ``input_ids``, ``attention_mask``, ``targets``: ``[B, L]`` (``targets`` is ``IGNORE`` where
-    nothing is scored). For the ``n`` steps of these sequences (``steps``, step indices in order)
-    with ``R`` = longest response: ``step_seq [n, 1]`` and ``step_pos [n, R]`` index the ``[B, L]``
-    scores (``logp[step_seq, step_pos]``), and ``mask``, ``old_logp``: ``[n, R]``.
+    nothing is scored), ``temperature [B]`` (each sequence's sampling temperature) and ``allowed``:
+    ``None``, or ``(mask [B, L], ids [N_c, K])`` for the positions constrained decoding restricted
+    (see :func:`~agentrl.training.logprobs.token_logprobs_entropy`). For the ``n`` steps of these
+    sequences (``steps``, step indices in order) with ``R`` = longest response: ``step_seq [n, 1]``
+    and ``step_pos [n, R]`` index the ``[B, L]`` scores (``logp[step_seq, step_pos]``), and ``mask``,
+    ``old_logp``: ``[n, R]``.
     """
     steps_of = steps_of if steps_of is not None else batch.seq_steps()
     length = max(len(batch.sequences[q]) for q in seq_indices)
@@ -185,6 +222,8 @@ def collate(
     step_pos = torch.zeros((len(steps), width), dtype=torch.long)
     mask = torch.zeros((len(steps), width), dtype=torch.float32)
     old_logp = torch.zeros((len(steps), width), dtype=torch.float32)
+    allowed_mask = torch.zeros((b, length), dtype=torch.bool)
+    allowed_sets: list[list[int]] = []  # row-major order of allowed_mask
     k = 0
     for r, q in enumerate(seq_indices):
         ids = batch.sequences[q]
@@ -200,6 +239,10 @@ def collate(
             mask[k, :n] = torch.tensor(batch.loss_masks[i], dtype=torch.float32)
             if batch.behaviour_logprobs[i] is not None:
                 old_logp[k, :n] = torch.tensor(batch.behaviour_logprobs[i], dtype=torch.float32)
+            for j, ids_allowed in enumerate(batch.allowed[i] or ()):
+                if ids_allowed is not None:
+                    allowed_mask[r, start - 1 + j] = True
+                    allowed_sets.append(ids_allowed)
             k += 1
     out = {
         "input_ids": input_ids,
@@ -210,6 +253,13 @@ def collate(
         "mask": mask,
         "old_logp": old_logp,
     }
-    tensors: dict[str, torch.Tensor | list[int]] = {key: v.to(device) for key, v in out.items()}
+    out["temperature"] = torch.tensor([batch.seq_temperature[q] for q in seq_indices], dtype=torch.float32)
+    tensors: dict[str, Any] = {key: v.to(device) for key, v in out.items()}
     tensors["steps"] = steps
+    tensors["allowed"] = None
+    if allowed_sets:
+        ids = torch.full((len(allowed_sets), max(map(len, allowed_sets))), -1, dtype=torch.long)
+        for row, ids_allowed in enumerate(allowed_sets):
+            ids[row, : len(ids_allowed)] = torch.tensor(ids_allowed)
+        tensors["allowed"] = (allowed_mask.to(device), ids.to(device))
     return tensors

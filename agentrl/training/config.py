@@ -7,7 +7,7 @@ learner is built, so adding an algorithm never touches this file.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from agentrl.config import setting
@@ -31,21 +31,25 @@ class LearnerConfig:
     weight_decay: float = setting(0.0, "AdamW decoupled weight decay")
     betas: tuple[float, float] = setting((0.9, 0.999), "AdamW betas")
     warmup_steps: int = setting(0, "linear warm-up from 0 to lr over this many optimizer steps")
-    total_steps: int = setting(1000, "optimizer steps of the whole run: the cosine horizon and EPO's K")
+    total_steps: int | None = setting(
+        None, "optimizer steps of the run: the cosine horizon and EPO's K (recipes derive it; None = constant lr)"
+    )
     min_lr_ratio: float = setting(0.0, "the cosine decays to lr * min_lr_ratio")
     max_grad_norm: float = setting(1.0, "clip the global gradient norm to this (0 = no clipping)")
     micro_batch_tokens: int = setting(8192, "padded tokens (sequences x longest sequence) per forward/backward pass")
     mini_batches: int = setting(1, "optimizer steps per update (the batch is split by trajectory)")
     epochs: int = setting(1, "passes over the batch per update")
-    advantage: str = setting("grpo", "advantage estimator plug-in: grpo, dr_grpo, ...")
+    advantage: str = setting("grpo", "advantage estimator plug-in: grpo, dr_grpo, gigpo, ...")
     shaping: list[str] = setting(factory=list, doc="advantage shaper plug-ins, applied in order: empg, duration")
     policy_loss: str = setting("clip", "policy-loss plug-in: clip (PPO-clip), clip_cov, kl_cov")
-    terms: list[str] = setting(factory=list, doc="loss-term plug-ins: kl (to the initial policy), epo")
+    terms: list[str] = setting(factory=list, doc="loss-term plug-ins: kl (to the initial policy), epo, entropy")
     options: dict[str, dict[str, Any]] = setting(factory=dict, doc='plug-in options by name: {"empg": {"k": 2.0}}')
     eps_low: float = setting(0.2, "PPO clip: ratio >= 1 - eps_low")
     eps_high: float = setting(0.2, "PPO clip: ratio <= 1 + eps_high (DAPO uses 0.28)")
+    importance_cap: float = setting(
+        5.0, "stale data: cap of the behaviour weight pi_prox / pi_behaviour (decoupled PPO)"
+    )
     agg: Literal["token-mean", "seq-mean-token-mean"] = setting("token-mean", "loss aggregation")
-    temperature: float = setting(1.0, "sampling temperature of the behaviour policy (logits are divided by it)")
     lora: LoRAConfig | None = setting(None, "train LoRA adapters instead of all weights when set")
     precision: Literal["auto", "fp32", "bf16"] = setting("auto", "auto = bf16 autocast on CUDA, fp32 on CPU")
     gradient_checkpointing: bool = setting(False, "recompute activations in backward (saves memory)")
@@ -58,7 +62,7 @@ class LearnerConfig:
             ("lr", self.lr > 0),
             ("weight_decay", self.weight_decay >= 0),
             ("warmup_steps", self.warmup_steps >= 0),
-            ("total_steps", self.total_steps >= 1),
+            ("total_steps", self.total_steps is None or self.total_steps >= 1),
             ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1),
             ("max_grad_norm", self.max_grad_norm >= 0),
             ("micro_batch_tokens", self.micro_batch_tokens >= 1),
@@ -67,12 +71,27 @@ class LearnerConfig:
             ("eps_low", 0 <= self.eps_low < 1),
             ("eps_high", self.eps_high >= 0),
             ("agg", self.agg in ("token-mean", "seq-mean-token-mean")),
-            ("temperature", self.temperature > 0),
+            ("importance_cap", self.importance_cap >= 1),
             ("precision", self.precision in ("auto", "fp32", "bf16")),
         ]
         for name, ok in checks:
             if not ok:
                 raise ValueError(f"learner config: invalid {name}={getattr(self, name)!r}")
+
+    @property
+    def steps_per_update(self) -> int:
+        """Optimizer steps one :meth:`~agentrl.training.learner.Learner.update` takes (epochs x mini-batches)."""
+        return self.epochs * self.mini_batches
+
+    def for_run(self, updates: int) -> LearnerConfig:
+        """This config with ``total_steps`` derived from a run of ``updates`` learner updates, unless set.
+
+        The schedule's length must follow the run: a cosine that ends before the run does trains the
+        rest at ``lr * min_lr_ratio`` (0 by default), one that ends after it never decays fully.
+        """
+        if self.total_steps is not None:
+            return self
+        return replace(self, total_steps=max(1, updates * self.steps_per_update))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

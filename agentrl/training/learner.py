@@ -1,30 +1,34 @@
-"""The learner: a batch of episodes in, one or more policy updates out.
+"""The learner: a batch of episodes in, one or more policy updates out. It trains the distribution that acted.
 
 One update (:meth:`Learner.update`) does, in order:
 
 1. the batch: every episode's transcripts as training sequences, verbatim, and one step per agent
-   turn with sampled ids (:mod:`agentrl.training.batch`);
-2. advantages: the configured estimator plug-in (GRPO, Dr.GRPO, ...) over returns and groups, then
+   turn with sampled ids (:mod:`agentrl.training.batch`), each sequence with the sampling
+   temperature its tokens were drawn at (recorded with the data: there is no learner copy of it);
+2. the proximal policy: the log-probs of the weights at the start of this update, for stale tokens
+   (sampled by an older policy version); for fresh tokens it *is* the behaviour policy;
+3. advantages: the configured estimator plug-in (GRPO, Dr.GRPO, ...) over returns and groups, then
    each shaper plug-in in order (EMPG, duration weights, ...; :mod:`agentrl.algorithms.registry`);
-3. for each optimizer step, micro-batches of sequences with gradient accumulation: log-probs and
-   entropies under the current policy (:func:`token_logprobs_entropy`), the policy-loss plug-in's
-   token loss (PPO-clip, Clip-Cov, KL-Cov) against the behaviour log-probs, plus each loss-term
-   plug-in (k3 KL to the frozen initial policy, EPO's entropy terms); then gradient-norm clipping,
-   AdamW and the warm-up/cosine schedule.
+4. for each optimizer step, micro-batches of sequences with gradient accumulation: log-probs and
+   entropies under the current policy (:func:`token_logprobs_entropy`; under constrained decoding
+   those of ``q``, the distribution restricted to the allowed ids), the policy-loss plug-in's token
+   loss (PPO-clip, Clip-Cov, KL-Cov), plus each loss-term plug-in (k3 KL to the frozen initial
+   policy, EPO's entropy terms); then gradient-norm clipping, AdamW and the warm-up/cosine schedule.
 
-Off-policy correction: ``old_logp`` are the behaviour log-probs stored when the turn was sampled,
-so ``ratio = pi_theta / pi_behaviour`` is both PPO's ratio and the importance weight for stale
-(asynchronous) data; PPO's clip to ``[1 - eps_low, 1 + eps_high]`` bounds it, so a token whose ratio
-left that range on the advantage's side contributes no gradient. Steps stored without behaviour
-log-probs get the current policy's (computed without gradient before the update: ratio 1 at the
-first step). Shapers that need entropies use the stored behaviour entropies, or the current
-policy's when missing.
+Off-policy correction is decoupled PPO (Hilton et al. 2021, "Batch size-invariance for policy
+optimization"; AReaL): ``ratio = pi_theta / pi_prox`` is clipped to ``[1 - eps_low, 1 + eps_high]``
+around the proximal policy, and each token's loss is multiplied by the behaviour importance weight
+``w = min(pi_prox / pi_behaviour, importance_cap)`` (truncated, no gradient). On fresh data
+``pi_prox`` is the behaviour policy exactly, ``w = 1`` and the loss is plain PPO-clip against the
+stored behaviour log-probs. Steps stored without behaviour log-probs get the current policy's
+(computed without gradient before the update: ratio 1 at the first step). Shapers that need
+entropies use the stored behaviour entropies, or the current policy's when missing.
 
 Loss parts are scaled per micro-batch so that their sum is exactly the full-batch value
 (token-mean: ``tokens_mb / tokens_batch``; seq-mean: ``steps_mb / steps_batch``; nested means: the
-whole mini-batch's turn weights). Clip-Cov / KL-Cov are the exception: their token covariance is
-centred and their tokens are selected per micro-batch. A non-finite loss or gradient norm skips the
-optimizer step with a logged warning.
+whole mini-batch's turn weights). Policy losses that select tokens over the whole mini-batch
+(Clip-Cov, KL-Cov) see it once before its micro-batches, so the loss does not depend on how it is
+split. A non-finite loss or gradient norm skips the optimizer step with a logged warning.
 """
 
 from __future__ import annotations
@@ -110,6 +114,11 @@ class Learner:
         plugins = build_plugins(cfg)
         self.advantage, self.shapers = plugins["advantage"], plugins["shaping"]
         self.policy_loss, self.terms = plugins["policy_loss"], plugins["terms"]
+        for term in self.terms:
+            if term.needs_schedule and cfg.total_steps is None:
+                raise registry.AlgorithmConfigError(
+                    f"{term.name} needs the run's length: set learner.total_steps (recipes derive it from their iterations)"
+                )
         self.reduce = reduce or Reduce()
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         if cfg.lora is not None:
@@ -137,6 +146,8 @@ class Learner:
         self.logger = logger
         self.step = 0
         self.skipped_steps = 0
+        self._warned_past_schedule = False
+        self._proximal: list[list[float]] = []
         self.generator = torch.Generator().manual_seed(cfg.seed)
 
     def _plugins(self) -> dict[str, Plugin]:
@@ -155,10 +166,13 @@ class Learner:
         return contextlib.nullcontext()
 
     def _score(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logprob, entropy)`` ``[B, L]`` of the sampled tokens under ``model``, at each sequence's
+        sampling temperature, over the allowed sets where decoding was constrained."""
         with self._autocast():
             return token_logprobs_entropy(
-                model, batch["input_ids"], batch["attention_mask"], batch["targets"], self.config.temperature
-            )
+                model, batch["input_ids"], batch["attention_mask"], batch["targets"], batch["temperature"],
+                allowed=batch["allowed"],
+            )  # fmt: skip
 
     @torch.no_grad()
     def _reference_logp(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -168,15 +182,11 @@ class Learner:
             return self._score(self.model, batch)[0]
 
     @torch.no_grad()
-    def _fill_from_current_policy(self, batch: StepBatch, logprobs: bool, entropies: bool) -> None:
-        """Give steps without behaviour log-probs / entropies the current policy's values."""
-        missing = {
-            i
-            for i in range(batch.n_steps)
-            if (logprobs and batch.behaviour_logprobs[i] is None) or (entropies and batch.behaviour_entropies[i] is None)
-        }
-        seqs = sorted({batch.step_seq[i] for i in missing})
+    def score_steps(self, batch: StepBatch, steps: set[int]) -> dict[int, tuple[list[float], list[float]]]:
+        """``step -> (logprobs, entropies)`` of its response under the current weights (no gradient)."""
+        seqs = sorted({batch.step_seq[i] for i in steps})
         steps_of = batch.seq_steps()
+        out: dict[int, tuple[list[float], list[float]]] = {}
         for mb in micro_batches(batch.seq_lengths(), seqs, self.config.micro_batch_tokens):
             tensors = collate(batch, mb, self.pad_token_id, self.device, steps_of)
             logp, ent = self._score(self.model, tensors)
@@ -184,10 +194,28 @@ class Learner:
             logp, ent = logp[seq, pos], ent[seq, pos]  # [n, R]
             for k, i in enumerate(tensors["steps"]):
                 n = len(batch.response_ids[i])
-                if batch.behaviour_logprobs[i] is None:
-                    batch.behaviour_logprobs[i] = logp[k, :n].tolist()
-                if batch.behaviour_entropies[i] is None:
-                    batch.behaviour_entropies[i] = ent[k, :n].tolist()
+                out[i] = (logp[k, :n].tolist(), ent[k, :n].tolist())
+        return out
+
+    def _prepare(self, batch: StepBatch) -> dict[str, Any]:
+        """Fill missing behaviour statistics and compute the proximal log-probs (the weights at the start
+        of this update) for stale steps; returns batch statistics for the metrics."""
+        entropy_needed = any(p.needs_entropy for p in (self.advantage, *self.shapers))
+        missing = {i for i in range(batch.n_steps) if batch.behaviour_logprobs[i] is None}
+        missing |= {i for i in range(batch.n_steps) if entropy_needed and batch.behaviour_entropies[i] is None}
+        stale = {
+            i for i in range(batch.n_steps)
+            if batch.behaviour_logprobs[i] is not None and any(v != self.step for v, m in zip(batch.versions[i], batch.loss_masks[i], strict=True) if m)
+        }  # fmt: skip
+        scores = self.score_steps(batch, missing | stale) if missing | stale else {}
+        for i in missing:
+            if batch.behaviour_logprobs[i] is None:
+                batch.behaviour_logprobs[i] = scores[i][0]
+            if batch.behaviour_entropies[i] is None:
+                batch.behaviour_entropies[i] = scores[i][1]
+        # Fresh steps: the proximal policy is the behaviour policy itself (the same list, exactly).
+        self._proximal = [scores[i][0] if i in stale else batch.behaviour_logprobs[i] for i in range(batch.n_steps)]
+        return {"stale_steps": len(stale)}
 
     # ------------------------------------------------------------------ advantages
 
@@ -208,6 +236,9 @@ class Learner:
             trainable=torch.tensor([t > 0 for t in batch.step_tokens()], dtype=torch.bool),
             observations=batch.observations,
             entropy=entropy,
+            episode_rewards=batch.episode_rewards,
+            infos=batch.infos,
+            inclusion=None if any(p is None for p in batch.inclusion) else torch.tensor(batch.inclusion, dtype=torch.float64),
         )
 
     def advantages(self, batch: StepBatch) -> torch.Tensor:
@@ -233,14 +264,10 @@ class Learner:
         cfg = self.config
         started = time.perf_counter()
         batch = build_batch(episodes)
-        needs_logp = any(lp is None for lp in batch.behaviour_logprobs)
-        needs_entropy = any(p.needs_entropy for p in (self.advantage, *self.shapers)) and any(
-            h is None for h in batch.behaviour_entropies
-        )
-        if needs_logp or needs_entropy:
-            self._fill_from_current_policy(batch, needs_logp, needs_entropy)
+        prepared = self._prepare(batch)
         step_adv = self.advantages(batch)
         batch_stats = {
+            **prepared,
             "episodes": batch.n_trajectories,
             "dropped_episodes": batch.dropped_episodes,
             "return_mean": batch.returns.mean().item(),
@@ -275,6 +302,50 @@ class Learner:
             splits[rank[t]].append(q)
         return [s for s in splits if s]
 
+    def _tokens(self, tensors: dict[str, Any], adv: torch.Tensor, scale: float, turn_w: torch.Tensor, logp, ent) -> Tokens:
+        """The loss plug-ins' view of a micro-batch: current, proximal and behaviour statistics ``[n, R]``."""
+        cfg = self.config
+        seq, pos, mask = tensors["step_seq"], tensors["step_pos"], tensors["mask"]
+        steps = tensors["steps"]
+        proximal = torch.zeros_like(mask)
+        for k, i in enumerate(steps):
+            proximal[k, : len(self._proximal[i])] = torch.tensor(self._proximal[i], dtype=torch.float32)
+        weight = torch.exp(proximal - tensors["old_logp"]).clamp(max=cfg.importance_cap)  # [n, R], 1 on fresh tokens
+        return Tokens(
+            logp=logp, entropy=ent, old_logp=proximal, advantages=adv, mask=mask, eps_low=cfg.eps_low,
+            eps_high=cfg.eps_high, aggregate=lambda values: ppo.aggregate(values, mask, cfg.agg) * scale,
+            nested_mean=lambda values: epo.weighted_turn_mean(values, mask, turn_w),
+            reference_logp=lambda: self._reference_logp(tensors)[seq, pos], generator=self.generator,
+            behaviour_weight=weight, steps=steps,
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def _minibatch_view(
+        self, batch: StepBatch, micro: list[list[int]], steps_of: list[list[int]], step_adv: torch.Tensor,
+        weights: dict[int, float],
+    ) -> Tokens:
+        """The whole mini-batch as one :class:`Tokens` (no gradient), for plug-ins that select over it."""
+        parts: list[Tokens] = []
+        for mb in micro:
+            tensors = collate(batch, mb, self.pad_token_id, self.device, steps_of)
+            logp, ent = self._score(self.model, tensors)
+            seq, pos = tensors["step_seq"], tensors["step_pos"]
+            turn_w = torch.tensor([weights[i] for i in tensors["steps"]], device=self.device)
+            parts.append(self._tokens(tensors, step_adv[tensors["steps"]].to(self.device), 1.0, turn_w, logp[seq, pos], ent[seq, pos]))
+        width = max(t.mask.shape[1] for t in parts)
+
+        def cat(name: str) -> torch.Tensor:
+            return torch.cat([torch.nn.functional.pad(getattr(t, name), (0, width - t.mask.shape[1])) for t in parts])
+
+        mask = cat("mask")
+        return Tokens(
+            logp=cat("logp"), entropy=cat("entropy"), old_logp=cat("old_logp"),
+            advantages=torch.cat([t.advantages for t in parts]), mask=mask, eps_low=self.config.eps_low,
+            eps_high=self.config.eps_high, aggregate=lambda values: ppo.aggregate(values, mask, self.config.agg),
+            nested_mean=lambda values: values.new_zeros(()), reference_logp=lambda: mask.new_zeros(mask.shape),
+            generator=self.generator, behaviour_weight=cat("behaviour_weight"), steps=[i for t in parts for i in t.steps],
+        )  # fmt: skip
+
     def _micro_batch_loss(
         self, tensors: dict[str, Any], adv: torch.Tensor, scale: float, turn_w: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -283,14 +354,9 @@ class Learner:
         seq, pos = tensors["step_seq"], tensors["step_pos"]  # [n, 1], [n, R]
         logp_seq, ent_seq = self._score(self.model, tensors)  # [B, L] per sequence
         logp, ent = logp_seq[seq, pos], ent_seq[seq, pos]  # [n, R] per step
-        mask, old_logp = tensors["mask"], tensors["old_logp"]
-        tokens = Tokens(
-            logp=logp, entropy=ent, old_logp=old_logp, advantages=adv, mask=mask, eps_low=cfg.eps_low,
-            eps_high=cfg.eps_high, aggregate=lambda values: ppo.aggregate(values, mask, cfg.agg) * scale,
-            nested_mean=lambda values: epo.weighted_turn_mean(values, mask, turn_w),
-            reference_logp=lambda: self._reference_logp(tensors)[seq, pos], generator=self.generator,
-        )  # fmt: skip
-        pg_loss = tokens.aggregate(self.policy_loss(tokens))
+        tokens = self._tokens(tensors, adv, scale, turn_w, logp, ent)
+        mask, old_logp = tokens.mask, tokens.old_logp
+        pg_loss = tokens.aggregate(tokens.behaviour_weight * self.policy_loss(tokens))
         loss = pg_loss
         parts: dict[str, float] = {}
         for term in self.terms:
@@ -306,6 +372,7 @@ class Learner:
                 entropy_sum=(ent * mask).sum().item(),
                 clip_sum=clip_frac * n_tok,
                 approx_kl_sum=((old_logp - logp) * mask).sum().item(),
+                behaviour_weight_sum=(tokens.behaviour_weight * mask).sum().item(),
                 total_tokens=tensors["attention_mask"].sum().item(),
             )
         return loss, parts
@@ -328,8 +395,11 @@ class Learner:
         finite = total_tokens > 0
         lengths = batch.seq_lengths()
         seq_lengths = [lengths[q] for q in seqs]
-        for mb in micro_batches(seq_lengths, range(len(seqs)), cfg.micro_batch_tokens) if finite else []:
-            tensors = collate(batch, [seqs[j] for j in mb], self.pad_token_id, self.device, steps_of)
+        micro = [[seqs[j] for j in mb] for mb in micro_batches(seq_lengths, range(len(seqs)), cfg.micro_batch_tokens)]
+        if finite and self.policy_loss.needs_minibatch:  # token selection over the whole mini-batch, once
+            self.policy_loss.prepare(self._minibatch_view(batch, micro, steps_of, step_adv, weights))
+        for mb in micro if finite else []:
+            tensors = collate(batch, mb, self.pad_token_id, self.device, steps_of)
             steps = tensors["steps"]
             n_rows = sum(1 for i in steps if tokens[i] > 0)
             scale = (
@@ -365,6 +435,13 @@ class Learner:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
+        if cfg.total_steps is not None and self.step > cfg.total_steps and not self._warned_past_schedule:
+            self._warned_past_schedule = True
+            log.warning(
+                "optimizer step %d is past the end of the learning-rate schedule (learner.total_steps=%d): the "
+                "learning rate stays at lr * min_lr_ratio = %g from here on", self.step, cfg.total_steps,
+                cfg.lr * cfg.min_lr_ratio,
+            )  # fmt: skip
         batch_entropy = sums.pop("entropy_sum") / total_tokens
         for term in self.terms:
             metrics.update(term.end_step(batch_entropy))
@@ -374,6 +451,7 @@ class Learner:
             entropy=batch_entropy,
             clip_frac=sums.pop("clip_sum") / total_tokens,
             approx_kl=sums.pop("approx_kl_sum") / total_tokens,
+            behaviour_weight=sums.pop("behaviour_weight_sum") / total_tokens,
             grad_norm=grad_norm,
             trained_tokens=total_tokens,
             total_tokens=sums.pop("total_tokens"),

@@ -8,12 +8,15 @@ from collections.abc import Iterable
 import torch
 
 
-def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0):
+def warmup_cosine(warmup_steps: int, total_steps: int | None, min_lr_ratio: float = 0.0):
     """Multiplier of the peak lr after ``step`` optimizer steps (for ``LambdaLR``).
 
     Linear warm-up ``(step + 1) / warmup_steps`` for the first ``warmup_steps`` steps (the first step
-    already moves), then a half cosine from 1 down to ``min_lr_ratio`` at ``total_steps``, flat after.
+    already moves), then a half cosine from 1 down to ``min_lr_ratio`` at ``total_steps``, flat after;
+    ``total_steps=None``: constant after the warm-up.
     """
+    if total_steps is None:
+        return lambda step: (step + 1) / warmup_steps if step < warmup_steps else 1.0
     if warmup_steps < 0 or total_steps < 1 or not 0.0 <= min_lr_ratio <= 1.0:
         raise ValueError(
             f"need warmup_steps >= 0, total_steps >= 1, 0 <= min_lr_ratio <= 1; got "
@@ -35,7 +38,7 @@ def build_optimizer(
     weight_decay: float,
     betas: tuple[float, float],
     warmup_steps: int,
-    total_steps: int,
+    total_steps: int | None,
     min_lr_ratio: float,
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over ``params`` with the warm-up + cosine schedule."""

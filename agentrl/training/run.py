@@ -30,6 +30,7 @@ import contextlib
 import copy
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import socket
@@ -43,6 +44,8 @@ from agentrl.config import ConfigError, build_config, config_dict, setting
 from agentrl.interrupts import SIGTERM_TOO, InterruptGuard
 from agentrl.progress import progress_bar, third_party_output
 from agentrl.provenance import git_sha
+
+log = logging.getLogger("agentrl.training")
 
 RUN_FILE = "run.json"
 CHECKPOINT_DIR = "checkpoint"
@@ -133,6 +136,7 @@ class Run:
         self._checkpointed = checkpoint is not None
         self._delete_first = False
         self.no_checkpoints: str | None = None  # set to the reason when this run cannot checkpoint its learners
+        self._resources: list[Any] = []  # closed when the run ends (:meth:`closes`)
 
     # ------------------------------------------------------------------ opening
 
@@ -237,6 +241,11 @@ class Run:
         )  # fmt: skip
         return self.logger
 
+    def closes(self, resource: Any) -> Any:
+        """Close ``resource`` (its ``close()``, last registered first) when the run ends, however it ends; returns it."""
+        self._resources.append(resource)
+        return resource
+
     def restore(self, learners: Mapping[str, Any]) -> bool:
         """Register the run's learners (``{key: Learner}``) and load the checkpoint into them; True if one was loaded."""
         self.learners = dict(learners)
@@ -340,8 +349,18 @@ class Run:
         finally:
             self._close(status)
 
+    def _close_resources(self) -> None:
+        """Close what :meth:`closes` registered; one that fails to close is logged, never blocks the rest."""
+        while self._resources:
+            resource = self._resources.pop()
+            try:
+                resource.close()
+            except Exception as exc:  # the run's status must still be recorded
+                log.warning("closing %s failed: %s", type(resource).__name__, exc)
+
     def _close(self, status: str) -> None:
         self.progress.stop()
+        self._close_resources()
         self.guard.__exit__(None, None, None)
         self.record.update(status=status, ended_at=time.time(), pid=None)
         self._write_record()
@@ -355,6 +374,7 @@ class Run:
     def _discard(self, status: str) -> None:
         """Remove a fresh run that stopped before its first commit (a model that would not load, Ctrl-C at once)."""
         self.progress.stop()
+        self._close_resources()
         self.guard.__exit__(None, None, None)
         if self.logger is not None:
             self.logger.close()

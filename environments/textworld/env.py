@@ -43,8 +43,19 @@ PANELS: dict[str, tuple[int, int]] = {
     "test": (200_000, 100),
 }
 
-#: Interpreter meta-commands that would leave the game's own rules (restart, undo...): refused.
-META_COMMANDS = frozenset({"quit", "q", "restart", "restore", "save", "undo", "script", "unscript", "transcript", "verbose", "brief", "superbrief", "notify", "score", "version", "y", "yes", "n", "no"})
+#: Out-of-world commands of the games TextWorld compiles (Inform 7 6M62, release build), refused as the
+#: first word of any sentence: they quit, restart or undo, answer the quit/restart question, save,
+#: restore or transcribe to files in the host process's working directory (``save`` wrote
+#: ``<seed>.qzl``, ``script`` a file named after the input line), or change how the game prints.
+META_COMMANDS = frozenset({
+    "quit", "q", "restart", "restore", "save", "undo", "oops", "o", "script", "unscript", "noscript", "transcript",
+    "verify", "score", "pronouns", "nouns", "verbose", "brief", "superbrief", "normal", "long", "short", "notify",
+    "version", "y", "yes", "n", "no",
+})  # fmt: skip
+#: Inform's parser runs the sentences of one input in turn ("look. quit", "look then quit", "look, quit");
+#: other punctuation is split on too, so a sentence is never missed.
+_SENTENCE_BREAK = re.compile(r"[.,;:!?]|\bthen\b")
+_WORD = re.compile(r"[a-z0-9]+")
 
 _BANNER_CHARS = set(" _\\|$/<>-")
 
@@ -98,6 +109,25 @@ def game_path(task_id: str) -> Path:
         os.replace(compiled.with_suffix(".json"), target.with_suffix(".json"))
         os.replace(compiled, target)
     return target
+
+
+def refusal(command: str) -> str | None:
+    """Why ``command`` (one clean line) must not reach the interpreter, or ``None`` when it may.
+
+    A backslash is a command to the dumb-frotz interpreter itself, not to the game: ``\\help``
+    prints to the host's stdout and ``\\q`` or ``\\n`` loop forever inside ``step``. A meta-command
+    as the first word of any sentence leaves the game's rules or touches host files (see
+    :data:`META_COMMANDS`).
+    """
+    if not command.isascii():
+        return "only plain ASCII commands are understood"
+    if "\\" in command:
+        return "'\\' is not understood"
+    for sentence in _SENTENCE_BREAK.split(command.lower()):
+        words = _WORD.findall(sentence)
+        if words and words[0] in META_COMMANDS:
+            return f"'{words[0]}' is not available in this game"
+    return None
 
 
 def strip_banner(text: str) -> str:
@@ -167,10 +197,8 @@ class TextWorldEnv(TextEnv):
 
     def _step(self, action: str) -> tuple[str, float, bool, dict[str, Any]]:
         text, problem = clean_action(action)
-        if problem is None and not text.isascii():
-            problem = "only plain ASCII commands are understood"
-        if problem is None and text.lower() in META_COMMANDS:
-            problem = f"'{text}' is not available in this game"
+        if problem is None:
+            problem = refusal(text)
         if problem is not None:
             info = self._info()
             info["invalid_action"] = True

@@ -1,4 +1,4 @@
-"""WebShop (Yao et al., NeurIPS 2022) reimplemented in plain Python: ``agentrl/WebShop-v0``.
+"""WebShop (Yao et al., NeurIPS 2022) reimplemented in plain Python: ``agentrl/WebShop-v1``.
 
 No Java, Flask or web server: the original's text observations, ``search[...]``/``click[...]``
 actions and purchase reward, over the original catalog files (``data_dir`` or

@@ -1,4 +1,4 @@
-"""``agentrl/WebShop-v0``: WebShop's text environment (Yao et al., NeurIPS 2022) in plain Python.
+"""``agentrl/WebShop-v1``: WebShop's text environment (Yao et al., NeurIPS 2022) in plain Python.
 
 The agent shops for a product described by an instruction. Actions are ``search[keywords]`` (from
 any page) and ``click[text]``, where ``text`` (lower-cased) must be a clickable element of the current
@@ -14,6 +14,11 @@ Task ids are the original goal indices (after its seed-233 shuffle). Splits foll
 ``test`` = goals [0, 500), ``valid`` (the original's ``eval``; ``"eval"`` is accepted) = [500, 1500),
 ``train`` = the rest. The built-in catalog scales those bounds by ``n_goals / 12,087`` (the benchmark's
 number of human goals), keeping the same order: test first, then valid, then train.
+
+Versions: v1 fixed three differences from the original found side by side with it (v0 observations,
+search results and rewards can differ from v1's): the fuzzy ratio's non-ASCII processing (thefuzz
+deletes only U+0080-U+00FF), one- and two-letter words left unstemmed as Lucene does (``search[s]``
+raised in v0), and blank texts shown as the empty segments the original's text mode shows.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@
   noun overlap of the titles is > 0.2; 0.5 otherwise; then 0.1 when the noun overlap is < 0.1 and 0
   when it is exactly 0 (these last two override a query or category match, as in the original).
 
-The fuzzy ratio is thefuzz's ``token_set_ratio`` (ASCII-only, lower-cased, punctuation to spaces,
-rounded to an integer), computed with ``rapidfuzz``. The noun overlap needs a part-of-speech tagger:
+The fuzzy ratio is thefuzz's ``token_set_ratio`` with thefuzz's own string processing (see
+:func:`full_process`), rounded to an integer; the ratio itself is computed with ``rapidfuzz``. The noun overlap needs a part-of-speech tagger:
 the original uses spaCy's ``en_core_web_sm``. When that model is installed it is used here too
 (scorer ``"spacy:en_core_web_sm"``); otherwise :func:`heuristic_nouns` approximates it (scorer
 ``"heuristic-v1"``), and the env reports which one scored each episode in ``info["noun_scorer"]``.
@@ -58,18 +58,37 @@ def normalize_color(value: Any) -> Any:
     return value
 
 
-def _full_process(value: Any) -> str:
-    text = "".join(c for c in str(value) if ord(c) < 128)  # thefuzz's force_ascii
-    from rapidfuzz.utils import default_process
+#: thefuzz's ``asciidammit`` deletes the Latin-1 supplement U+0080-U+00FF only ("ascii dammit!").
+_LATIN1_SUPPLEMENT = dict.fromkeys(range(128, 256))
+#: thefuzz 0.19's ``StringProcessor.regex``: every non-word character becomes one space.
+_NON_WORD = re.compile(r"(?ui)\W")
 
-    return default_process(text)
+
+def full_process(value: Any) -> str:
+    """thefuzz 0.19.0's ``utils.full_process(value, force_ascii=True)``, the original's pinned version.
+
+    Only U+0080-U+00FF are deleted (``é``, ``ß``, the no-break space); every other non-word
+    character, ASCII or not (``’ – — ：``), becomes a space, so ``women’s`` and ``women's`` both give
+    ``women s``. Then lower case and strip. Non-strings go through ``str`` first, as in thefuzz (the
+    original passes ``(name, value)`` tuples for synthetic goals).
+    """
+    text = str(value).translate(_LATIN1_SUPPLEMENT)
+    return _NON_WORD.sub(" ", text).lower().strip()
 
 
 def token_set_ratio(a: Any, b: Any) -> int:
-    """thefuzz's ``fuzz.token_set_ratio`` (0-100, integer), computed with rapidfuzz."""
+    """thefuzz's ``fuzz.token_set_ratio`` (0-100, integer): 0 for ``None`` or an empty processed side.
+
+    The token-set construction and the Indel ratio come from rapidfuzz, which computes what thefuzz
+    computes with ``python-Levenshtein`` (thefuzz 0.19 with its speedup, and every thefuzz >= 0.20).
+    thefuzz 0.19 without ``python-Levenshtein`` falls back to difflib's Ratcliff-Obershelp ratio,
+    which can be lower on strings whose common characters are out of order.
+    """
     from rapidfuzz import fuzz
 
-    a, b = _full_process(a), _full_process(b)
+    if a is None or b is None:
+        return 0
+    a, b = full_process(a), full_process(b)
     if not a or not b:
         return 0
     return int(round(fuzz.token_set_ratio(a, b, processor=None)))

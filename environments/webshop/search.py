@@ -7,7 +7,8 @@ top 50 hits of ``LuceneSearcher.search(keywords, k=50)``.
 
 Here the same documents go through an analyzer that mirrors Anserini's default English analyzer
 (word tokens, possessive ``'s`` dropped, lower case, Lucene's English stop words, Porter stemming via
-PyStemmer's ``porter``), and are scored by ``bm25s`` with ``method="lucene"`` and pyserini's default
+PyStemmer's ``porter`` applied, as Lucene's ``PorterStemmer`` does, only to words of three or more
+characters), and are scored by ``bm25s`` with ``method="lucene"`` and pyserini's default
 parameters ``k1=0.9, b=0.4``. Ties are broken by index order, as Lucene does. Known differences:
 Lucene stores document lengths in a lossy one-byte encoding and its tokenizer follows Unicode word
 breaks, so scores can differ in the last digits and rare tokens can split differently.
@@ -43,14 +44,21 @@ class Analyzer:
         self._stemmer.maxCacheSize = 100_000
 
     def __call__(self, text: str) -> list[str]:
-        tokens = []
+        """The index terms of ``text``: never an empty string.
+
+        Lucene's ``PorterStemmer.stem`` leaves words of one or two characters alone (``if (k > k0+1)``,
+        from Porter's C original), while Snowball's ``porter`` stems ``s`` to the empty string and
+        ``xs`` to ``x``. An empty term is also what bm25s cannot score (it is in the vocabulary but
+        has no posting list, and ``get_scores`` raises), so short words pass through unstemmed.
+        """
+        terms = []
         for token in _TOKEN.findall(text.lower()):
             if token.endswith(("'s", "’s")):
                 token = token[:-2]
             token = token.replace("’", "'")
             if token and token not in LUCENE_STOP_WORDS:
-                tokens.append(token)
-        return self._stemmer.stemWords(tokens)
+                terms.append(token if len(token) <= 2 else self._stemmer.stemWord(token))
+        return terms
 
 
 def option_text(options: dict[str, list[str]]) -> str:

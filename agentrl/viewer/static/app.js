@@ -121,6 +121,7 @@ async function showEpisode(id, row) {
 
 function renderEpisode(target, ep, withTokens) {
   clear(target);
+  target.setAttribute("data-episode", ep.id); // which episode is shown (for people and tests alike)
   const outcome = ep.error ? `failed: ${ep.error}` : ep.won ? "won" : "lost";
   target.append(el("h3", { text: `episode ${ep.id}: ${ep.task_id}` }),
     el("div", { class: "label", text: `${outcome}, return ${fmt(ep.return)}, ${ep.turns} turns` +
