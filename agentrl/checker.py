@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -117,13 +118,30 @@ def check_step_output(env: gym.Env, result: Any, *, action: str, turn: int) -> b
     return done
 
 
-def check_env(env: gym.Env, *, seed: int = 0, task: str | None = None, gymnasium_checks: bool = True) -> None:
+def check_env(
+    env: gym.Env,
+    *,
+    seed: int = 0,
+    task: str | None = None,
+    gymnasium_checks: bool = True,
+    on_progress: Callable[[int, int], Any] | None = None,
+) -> None:
     """Raise :class:`EnvCheckError` if ``env`` breaks the agentrl contract; return ``None`` if it holds.
 
     ``task`` picks the task to test on (default: the first of the env's panel). The env is closed
-    at the end (twice: a second ``close`` must be harmless).
+    at the end (twice: a second ``close`` must be harmless). ``on_progress(done, total)`` follows the
+    checks (resets, garbage actions, steps to the turn budget, Gymnasium's checks) for a progress bar.
     """
     env = env.unwrapped
+    budget = min(getattr(env, "max_turns", 100), 500)
+    total, done_checks = 4 + len(GARBAGE_ACTIONS) + budget + 2, 0
+
+    def advance(n: int = 1) -> None:
+        nonlocal done_checks
+        done_checks = min(total, done_checks + n)
+        if on_progress is not None:
+            on_progress(done_checks, total)
+
     for name in ("task_ids", "expert_action"):
         if not callable(getattr(env, name, None)):
             _fail("api", f"env has no {name}() method (subclass agentrl.TextEnv)")
@@ -152,6 +170,7 @@ def check_env(env: gym.Env, *, seed: int = 0, task: str | None = None, gymnasium
     free_b, _ = env.reset(seed=seed)
     if free_a != free_b:
         _fail("seed-determinism", f"two resets with seed={seed} and no task gave different first observations")
+    advance(4)
 
     # garbage actions never raise, and are flagged
     for action in GARBAGE_ACTIONS:
@@ -164,6 +183,7 @@ def check_env(env: gym.Env, *, seed: int = 0, task: str | None = None, gymnasium
         _check_step_result(result, f"step({shown})")
         if action.strip() == "" and not result[4]["invalid_action"]:
             _fail("garbage-action", f"step({shown}) did not set invalid_action=True")
+        advance()
 
     # the turn budget ends an episode, and a finished episode refuses to step
     env.reset(seed=seed, options=options)
@@ -174,7 +194,9 @@ def check_env(env: gym.Env, *, seed: int = 0, task: str | None = None, gymnasium
         done = _check_step_result(result, f"step #{turn}")
         if result[4]["turn"] != turn:
             _fail("info-keys", f"info['turn'] is {result[4]['turn']} after {turn} steps")
+        advance()
         if done:
+            advance(budget - turn)
             break
     if done:
         try:
@@ -197,9 +219,11 @@ def check_env(env: gym.Env, *, seed: int = 0, task: str | None = None, gymnasium
                 gym_check_env(env, skip_render_check=True, skip_close_check=True)
             except AssertionError as exc:
                 _fail("gymnasium", str(exc))
+    advance()
 
     try:
         env.close()
         env.close()
     except Exception as exc:
         _fail("double-close", f"close() raised {type(exc).__name__}: {exc}")
+    advance()

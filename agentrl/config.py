@@ -1,7 +1,7 @@
-"""Typed recipe configs: a dataclass is the schema, YAML files and ``key=value`` pairs are overrides.
+r"""Typed recipe configs: a dataclass is the schema, YAML files and ``key=value`` pairs are overrides.
 
-A recipe declares ``@dataclass class Config`` with one comment per field (the documentation ``agentrl
-train RECIPE --help-config`` prints). :func:`load_config` applies a YAML file, then command-line
+A recipe declares ``@dataclass class Config`` whose fields are :func:`setting`\ s: a default and a
+description, kept in the field's metadata (what ``agentrl train RECIPE --show-config`` prints). :func:`load_config` applies a YAML file, then command-line
 overrides (dotted keys reach nested dataclasses: ``learner.lr=1e-5``), and validates every value
 against the field's type with pydantic. A wrong key or type is one :class:`ConfigError` naming it.
 """
@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import inspect
-import io
-import tokenize
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -73,7 +71,6 @@ def _as_dict(obj: Any) -> Any:
 
 def load_config(cls: type[C], file: str | Path | None = None, overrides: list[str] | None = None) -> C:
     """Build ``cls`` from its defaults, then ``file`` (YAML), then ``overrides`` (``key=value``)."""
-    import pydantic
     import yaml
 
     data: dict[str, Any] = {}
@@ -94,14 +91,7 @@ def load_config(cls: type[C], file: str | Path | None = None, overrides: list[st
             raise ConfigError(f"override {pair!r} must look like key=value")
         _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw else "")
     _check_keys(cls, data)
-    merged = _as_dict(cls())
-    _deep_update(merged, data)
-    try:
-        return pydantic.TypeAdapter(cls).validate_python(merged)
-    except pydantic.ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"config key {where!r}: {err['msg']} (got {err.get('input')!r})") from None
+    return build_config(cls, data)
 
 
 def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> None:
@@ -112,52 +102,65 @@ def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> None:
             base[key] = value
 
 
-def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[tuple[str, str, str]]:
-    """``(key, default, comment)`` per field, nested dataclasses flattened with dotted keys.
+def setting(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Callable[[], Any] | None = None) -> Any:
+    """A documented config field: ``lr: float = setting(1e-6, "peak AdamW learning rate")``.
 
-    The comment is the ``# ...`` at the end of the field's line in the source, so the dataclass
-    itself is the documentation. Nested defaults are the values the outer default holds.
+    The description lives in the field's metadata (``dataclasses.fields(cls)[i].metadata["doc"]``), so
+    it is part of the definition at run time: ``agentrl train RECIPE --show-config`` and :func:`describe`
+    read it from there, whatever the field's source looks like. ``factory`` builds mutable defaults.
     """
-    comments = _field_comments(cls)
-    defaults = cls() if defaults is None else defaults
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={"doc": doc})
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
+def field_doc(f: dataclasses.Field) -> str:
+    """The description a field was declared with (:func:`setting`), or ``""``."""
+    return str(f.metadata.get("doc", ""))
+
+
+#: ``sections(config)`` for :func:`describe`: sub-configs a config selects by name (e.g. the options of the
+#: algorithm plug-ins a learner config names), as ``{dotted key: (dataclass type, values set for it)}``.
+Sections = Callable[[Any], dict[str, tuple[type, dict[str, Any]]]]
+
+
+def describe(config: Any, prefix: str = "", sections: Sections | None = None) -> list[tuple[str, str, str]]:
+    """``(key, value, description)`` for every field of ``config`` (a dataclass instance or class), flattened.
+
+    Nested dataclasses get dotted keys. A section that is ``None`` (``learner.lora``) is listed with the
+    sub-keys it would take, shown as ``default (when set)``. ``sections`` adds sub-configs a value selects
+    by name (plug-in options). Descriptions come from the fields' metadata (:func:`setting`).
+    """
+    if isinstance(config, type):
+        config = config()
     rows: list[tuple[str, str, str]] = []
-    for f in dataclasses.fields(cls):
-        value = getattr(defaults, f.name)
+    for f in dataclasses.fields(config):
+        key, value, doc = prefix + f.name, getattr(config, f.name), field_doc(f)
         if dataclasses.is_dataclass(value):
-            rows.extend(describe(type(value), prefix=f"{prefix}{f.name}.", defaults=value))
-            continue
-        rows.append((prefix + f.name, repr(value), comments.get(f.name, "")))
+            rows.append((key, "", doc))
+            rows.extend(describe(value, prefix=f"{key}.", sections=sections))
+        elif value is None and (sub := _nested_type(type(config), f.name)) is not None:
+            rows.append((key, "None", doc))
+            rows.extend((k, f"{v} (when set)", d) for k, v, d in describe(sub, prefix=f"{key}.", sections=sections))
+        else:
+            rows.append((key, repr(value), doc))
+    for name, (cls, values) in (sections(config) if sections is not None else {}).items():
+        rows.extend(describe(build_config(cls, values), prefix=f"{prefix}{name}.", sections=sections))
     return rows
 
 
-def _field_comments(cls: type) -> dict[str, str]:
-    """Field comments of ``cls`` and its dataclass bases (a subclass's own comment wins)."""
-    out: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if dataclasses.is_dataclass(klass):
-            out.update(_own_field_comments(klass))
-    return out
+def build_config(cls: type[C], values: dict[str, Any]) -> C:
+    """``cls`` from its defaults and ``values``, types checked (a :class:`ConfigError` naming the key)."""
+    import pydantic
 
-
-def _own_field_comments(cls: type) -> dict[str, str]:
+    merged = _as_dict(cls())
+    _deep_update(merged, values)
     try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    out: dict[str, str] = {}
-    names = set(_field_names(cls))
-    for line in source.splitlines():
-        stripped = line.strip()
-        name = stripped.split(":", 1)[0].strip()
-        if name in names and "#" in stripped:
-            try:
-                tokens = list(tokenize.generate_tokens(io.StringIO(stripped).readline))
-            except (tokenize.TokenError, IndentationError):
-                continue
-            comment = next((t.string for t in tokens if t.type == tokenize.COMMENT), None)
-            if comment:
-                out[name] = comment.lstrip("# ").strip()
-    return out
+        return pydantic.TypeAdapter(cls).validate_python(merged)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"config key {where!r}: {err['msg']} (got {err.get('input')!r})") from None
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:

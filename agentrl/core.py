@@ -151,6 +151,14 @@ class TextEnv(gym.Env[str, str], abc.ABC):
         """An expert's next action, or ``None`` where the benchmark has no expert."""
         return None
 
+    def task_type(self, task_id: str) -> str | None:
+        """The kind of task ``task_id`` is (ALFWorld's six task types, ScienceWorld's 30 tasks), or ``None``.
+
+        Evaluations report results per kind and spread a shortened panel over the kinds. Must not start
+        an episode (it is asked about whole panels).
+        """
+        return None
+
     def _close(self) -> None:
         """Free engine resources. Called at most once per ``close``; must tolerate a half-built env."""
 

@@ -155,6 +155,35 @@ def tiny_model(
     return str(directory)
 
 
+def env_corpus(
+    env_id: str = "textworld",
+    *,
+    split: str | None = None,
+    tasks: int = 40,
+    env_args: dict[str, Any] | None = None,
+    on_task: Any = None,
+) -> list[str]:
+    """Text to train a :func:`tiny_model`'s tokenizer on: first observations, instructions and admissible actions.
+
+    Resets the first ``tasks`` tasks of ``split`` (the env's first split by default) of ``env_id``, so a
+    word of the env is about one token and an action a handful. ``on_task()`` is called after each
+    reset (a progress bar). TextWorld generates (and caches) each game on its first reset.
+    """
+    import agentrl
+
+    env = agentrl.make(env_id, **({"split": split} if split else {}), **(env_args or {}))
+    texts: list[str] = []
+    try:
+        for task in env.task_ids()[:tasks]:
+            obs, info = env.reset(options={"task": task})
+            texts += [obs, str(info.get("instruction") or ""), ", ".join(info.get("admissible_actions") or [])]
+            if on_task is not None:
+                on_task()
+    finally:
+        env.close()
+    return [t for t in texts if t]
+
+
 def token_episode(
     turns: Sequence[dict[str, Any]],
     *,

@@ -215,7 +215,7 @@ def main() -> None:
     model_dir = None if args.reuse_warmup else tiny_model(work / "init", corpus(difficulty=args.difficulty), vocab_size=2000,
                                                           hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
                                                           intermediate_size=384)  # fmt: skip
-    common = dict(output_dir=str(work), max_turns=args.max_turns, env_args={"difficulty": args.difficulty},
+    common = dict(output_dir=str(work), overwrite=True, max_turns=args.max_turns, env_args={"difficulty": args.difficulty},
                   eval_tasks=args.eval_tasks, max_new_tokens=32, layout="per_step", history=0, admissible_only=True,
                   temperature=1.0, eval_temperature=1.0, eval_samples=args.eval_samples)  # fmt: skip
 

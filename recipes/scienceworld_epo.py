@@ -7,8 +7,9 @@ Shared benchmark defaults (verl-agent's) are in ``recipes/_benchmark.py``; the l
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from agentrl.config import setting
 from agentrl.recipes._benchmark import BenchmarkConfig, learner
 from agentrl.recipes.textworld_grpo import main
 from agentrl.training.config import LearnerConfig
@@ -18,9 +19,9 @@ __all__ = ["Config", "main"]
 
 @dataclass
 class Config(BenchmarkConfig):
-    run_name: str = "scienceworld_epo"  # run directory name under output_dir
-    env: str = "scienceworld"  # environment alias
-    max_turns: int = 50  # turn budget per episode (ours; some gold paths are longer)
-    eval_split: str = "test"  # evaluation panel (ScienceWorld's own test variations)
-    eval_tasks: int = 200  # evaluate on the first N tasks of the eval panel
-    learner: LearnerConfig = field(default_factory=lambda: learner(terms=["epo"], options={"epo": {"alpha": 0.05}}))  # EPO alpha 0.05 for ScienceWorld as the paper
+    run_name: str = setting("scienceworld_epo", "run directory name under output_dir")
+    env: str = setting("scienceworld", "environment alias")
+    max_turns: int = setting(50, "turn budget per episode (ours; some gold paths are longer)")
+    eval_split: str = setting("test", "evaluation panel (ScienceWorld's own test variations)")
+    eval_tasks: int = setting(200, "evaluate on the first N tasks of the eval panel")
+    learner: LearnerConfig = setting(factory=lambda: learner(terms=["epo"], options={"epo": {"alpha": 0.05}}), doc="EPO alpha 0.05 for ScienceWorld as the paper")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agentrl.config import setting
 from agentrl.recipes.alfworld_retroformer import Config as _AlfworldConfig
 from agentrl.recipes.alfworld_retroformer import main as _main
 
@@ -18,11 +19,11 @@ from agentrl.recipes.alfworld_retroformer import main as _main
 class Config(_AlfworldConfig):
     """Retroformer (ScienceWorld). Override any field: ``agentrl train scienceworld_retroformer key=value``."""
 
-    run_name: str = "scienceworld_retroformer"  # run directory name under output_dir, and the store's run names
-    env: str = "scienceworld"  # environment id or alias
-    max_turns: int = 50  # turn budget per trial (some gold paths are longer; see PLATFORM.md)
-    eval_split: str = "test"  # evaluation panel (ScienceWorld's own test variations)
-    eval_tasks: int = 100  # evaluate on the first N tasks of the eval panel (0 = no evaluation)
+    run_name: str = setting("scienceworld_retroformer", "run directory name under output_dir, and the store's run names")
+    env: str = setting("scienceworld", "environment id or alias")
+    max_turns: int = setting(50, "turn budget per trial (some gold paths are longer; see PLATFORM.md)")
+    eval_split: str = setting("test", "evaluation panel (ScienceWorld's own test variations)")
+    eval_tasks: int = setting(100, "evaluate on the first N tasks of the eval panel (0 = no evaluation)")
 
 
 def main(cfg: Config) -> dict:

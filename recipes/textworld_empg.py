@@ -5,8 +5,9 @@ The textworld_grpo loop with EMPG's advantage modulation (k = k' = 1, zeta = 0.1
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from agentrl.config import setting
 from agentrl.recipes.textworld_grpo import Config as GRPOConfig
 from agentrl.recipes.textworld_grpo import main
 from agentrl.training.config import LearnerConfig
@@ -16,5 +17,5 @@ __all__ = ["Config", "main"]
 
 @dataclass
 class Config(GRPOConfig):
-    run_name: str = "textworld_empg"  # run directory name under output_dir
-    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=1e-5, shaping=["empg"]))  # the update, with EMPG
+    run_name: str = setting("textworld_empg", "run directory name under output_dir")
+    learner: LearnerConfig = setting(factory=lambda: LearnerConfig(lr=1e-5, shaping=["empg"]), doc="the update, with EMPG")

@@ -6,8 +6,9 @@ alpha 0.1: the paper's ALFWorld values).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from agentrl.config import setting
 from agentrl.recipes.textworld_grpo import Config as GRPOConfig
 from agentrl.recipes.textworld_grpo import main
 from agentrl.training.config import LearnerConfig
@@ -17,5 +18,5 @@ __all__ = ["Config", "main"]
 
 @dataclass
 class Config(GRPOConfig):
-    run_name: str = "textworld_epo"  # run directory name under output_dir
-    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=1e-5, terms=["epo"]))  # the update, with EPO
+    run_name: str = setting("textworld_epo", "run directory name under output_dir")
+    learner: LearnerConfig = setting(factory=lambda: LearnerConfig(lr=1e-5, terms=["epo"]), doc="the update, with EPO")

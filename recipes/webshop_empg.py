@@ -7,8 +7,9 @@ Shared benchmark defaults (verl-agent's) are in ``recipes/_benchmark.py``; the l
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from agentrl.config import setting
 from agentrl.recipes._benchmark import BenchmarkConfig, learner
 from agentrl.recipes.textworld_grpo import main
 from agentrl.training.config import LearnerConfig
@@ -18,9 +19,9 @@ __all__ = ["Config", "main"]
 
 @dataclass
 class Config(BenchmarkConfig):
-    run_name: str = "webshop_empg"  # run directory name under output_dir
-    env: str = "webshop"  # environment alias
-    max_turns: int = 15  # turn budget per episode (verl-agent: 15 steps)
-    eval_split: str = "test"  # evaluation panel (the original's first 500 goals)
-    eval_tasks: int = 500  # evaluate on the first N tasks of the eval panel
-    learner: LearnerConfig = field(default_factory=lambda: learner(shaping=["empg"]))  # EMPG k = k' = 1, zeta = 0.1 as the paper
+    run_name: str = setting("webshop_empg", "run directory name under output_dir")
+    env: str = setting("webshop", "environment alias")
+    max_turns: int = setting(15, "turn budget per episode (verl-agent: 15 steps)")
+    eval_split: str = setting("test", "evaluation panel (the original's first 500 goals)")
+    eval_tasks: int = setting(500, "evaluate on the first N tasks of the eval panel")
+    learner: LearnerConfig = setting(factory=lambda: learner(shaping=["empg"]), doc="EMPG k = k' = 1, zeta = 0.1 as the paper")

@@ -7,10 +7,12 @@ cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 export DEBIAN_FRONTEND=noninteractive
 # bubblewrap: sandbox backend; postgresql: store tests; docker.io: Docker sandbox backend;
-# default-jre-headless: ScienceWorld's JVM (Java 17).
+# default-jre-headless: ScienceWorld's JVM (Java 17); chromium + chromium-driver: the headless browser
+# that tests `agentrl view` (Playwright's own browser download does not work offline).
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
-    bubblewrap postgresql docker.io default-jre-headless build-essential git procps iproute2 >/dev/null
+    bubblewrap postgresql docker.io default-jre-headless build-essential git procps iproute2 \
+    chromium chromium-driver >/dev/null
 
 PY=${PYTHON:-python3}
 # The CPU build first: a bare `torch` requirement would otherwise pull a multi-GB CUDA build.

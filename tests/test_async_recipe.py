@@ -116,6 +116,12 @@ def test_ctrl_c_leaves_no_orphans_and_a_consistent_store(tmp_path, tiny_chat_mod
         assert set(per_group.values()) == {2}  # every group complete: none cut off mid-write
         trained = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert any(m.get("policy_version", 0) >= 1 for m in trained)
+        assert [r.status for r in store.runs()] == ["interrupted"]
+    # Ctrl-C left a checkpoint of the last update a resume continues from
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    saved = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+    assert saved["state"]["updates"] >= 1 and saved["state"]["driver"]["since"] >= 0
+    assert (run_dir / "checkpoint" / "learner" / "learner.pt").is_file()
 
 
 @pytest.mark.slow

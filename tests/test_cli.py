@@ -27,7 +27,11 @@ def test_eval_expert_writes_a_reproducible_report(tmp_path):
     report = tmp_path / "report.json"
     out = run("eval", "textworld", "--agent", "expert", "--episodes", "3", "--seed", "5", "--output", str(report))
     assert out.returncode == 0, out.stderr
-    assert "success rate" in out.stdout
+    # the table fits the 80 columns a pipe gets: every header whole
+    header = [c.strip() for c in next(line for line in out.stdout.splitlines() if line.startswith("┃")).split("┃")[1:-1]]
+    assert header == ["tasks", "episodes", "success", "pass@1", "return", "progress", "turns", "invalid", "errors", "seconds"]
+    row = [c.strip() for c in next(line for line in out.stdout.splitlines() if line.startswith("│all")).split("│")[1:-1]]
+    assert row[:9] == ["all", "3", "1.000", "1.000", "1.000", "1.000", "2.0", "0.000", "0"]  # the expert wins in 2 turns
     data = json.loads(report.read_text())
     assert data["panel"] == ["easy/100000", "easy/100001", "easy/100002"]
     assert (data["seed"], data["split"], data["agent"], data["env_id"]) == (5, "valid", "expert", "agentrl/TextWorld-v0")

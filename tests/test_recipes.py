@@ -31,9 +31,16 @@ def test_textworld_recipe_runs_warm_up_rl_and_sampled_evaluation(tiny_chat_model
     updates = [m for m in metrics if "loss" in m]
     assert [m["step"] for m in updates] == [1, 2] and all(m["epo_beta"] > 1.0 for m in updates)
     assert (tmp_path / "run" / "model" / "config.json").exists()
+    evals = sorted((tmp_path / "run" / "evals").glob("*.json"))
+    assert [p.name for p in evals] == ["iteration-0001.json", "iteration-0002.json"]  # each evaluation's report
+    report = json.loads(evals[-1].read_text())
+    assert (report["iteration"], report["max_turns"], len(report["episodes"])) == (2, 2, 6)
+    assert all(len(ep["steps"]) == ep["turns"] and ep["steps"][0]["observation"] for ep in report["episodes"])
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "finished"
     with open_store(f"sqlite:///{tmp_path / 'run' / 'store.db'}") as store:
         (run,) = store.runs()
         episodes = store.read_episodes(run.id)
+    assert (run.status, run.demonstrations, run.rollouts) == ("finished", 2, 8)
     rollouts = [ep for ep in episodes if ep.agent != "expert"]
     assert len(episodes) - len(rollouts) == 2 and len(rollouts) == 2 * 2 * 2
     masks = [m for ep in rollouts for t in ep.transcripts for m, s in zip(t.loss_mask, t.sampled, strict=True) if s]

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from agentrl.cli import app
 from agentrl.store import SCHEMA_HEAD, StoreError, codec, open_store, upgrade_schema
 from agentrl.store.models import SCHEMA_REVISIONS, Base
-from agentrl.testing import installed_cli
+from agentrl.testing import installed_cli, token_episode
 
 runner = CliRunner()
 
@@ -177,6 +177,40 @@ def test_upgrading_a_0002_store_rebuilds_the_transcripts_exactly(store_url):
         assert [ep.transcripts for ep in store.read_episodes(1)] == expected
 
 
+def test_upgrading_a_0003_store_gives_runs_a_status_and_keeps_everything(store_url):
+    assert upgrade_schema(store_url, "0003", create=True) == (None, "0003")
+    engine = create_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO runs (name, kind, env_id, config, agentrl_version, created_at) "
+                              "VALUES ('before 0004', 'train', 'e', '{\"lr\": 0.5}', '0.1.0', 50.0)"))  # fmt: skip
+    finally:
+        engine.dispose()
+    assert upgrade_schema(store_url) == ("0003", "0004")
+    with open_store(store_url, create=False) as store:
+        store.write_episodes(1, [token_episode([{"prompt": [1, 2], "response": [3], "reward": 1.0}])])
+        (old,) = store.runs()
+        assert (old.name, old.config, old.status, old.git_sha, old.finished_at) == ("before 0004", {"lr": 0.5}, None, None, None)
+        new = store.start_run("after", git_sha="abc123")
+        store.set_run_status(new, "interrupted")
+        info = store.get_run(new)
+        assert (info.status, info.git_sha) == ("interrupted", "abc123") and info.finished_at is not None
+    # down and up again: 0003 has no such columns; the runs survive
+    assert upgrade_schema(store_url, "0003") == ("0004", "0003")
+    engine = create_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            columns = {c for c in conn.execute(text("SELECT * FROM runs")).keys()}
+        assert not {"status", "git_sha", "finished_at"} & columns
+    finally:
+        engine.dispose()
+    assert upgrade_schema(store_url) == ("0003", "0004")
+    with open_store(store_url, create=False) as store:
+        assert [r.name for r in store.runs()] == ["before 0004", "after"]
+        (episode,) = store.read_episodes(1)  # the runs' episodes survive the way down (no cascade)
+        assert episode.transcripts[0].ids == [1, 2, 3] and store.check_integrity() == []
+
+
 # --- bad input: one line each, nothing written ---------------------------------------------------
 def test_store_of_a_newer_schema_is_refused_untouched(tmp_path):
     path = tmp_path / "future.db"
@@ -272,12 +306,13 @@ def test_eval_records_every_episode_and_store_commands_read_them(tmp_path):
         assert stored.episode_return == pytest.approx(reported["return"])
         assert stored.agent == "expert" and stored.split == report["split"]
 
-    listing = runner.invoke(app, ["store", "ls", "--store", store])
+    listing = runner.invoke(app, ["store", "ls", "--store", store], env={"COLUMNS": "250"})
     assert listing.exit_code == 0, listing.output
     row = next(line for line in listing.output.splitlines() if line.startswith("│  1 │"))
     cells = [cell.strip() for cell in row.strip("│").split("│")]
     steps = sum(ep.turns for _, ep in pairs)
-    assert cells[4:7] == ["4", str(steps), f"{report['summary']['success_rate']:.3f}"]
+    # an evaluation of the expert: its episodes are the run's own, not demonstrations; the run finished
+    assert cells[3:9] == ["finished", "agentrl/TextWorld-v0", "4", "-", str(steps), f"{report['summary']['success_rate']:.3f}"]
     episode_id, episode = pairs[1]
     shown = runner.invoke(app, ["store", "show", "1", "--episode", str(episode_id), "--store", store], terminal_width=200)
     assert shown.exit_code == 0, shown.output

@@ -23,6 +23,7 @@ import torch
 from agentrl.algorithms._common import masked_mean
 from agentrl.algorithms.ppo import _token_advantages, aggregate, clip_token_loss
 from agentrl.algorithms.registry import PolicyLoss, Reduce, Tokens, register
+from agentrl.config import setting
 
 
 @torch.no_grad()
@@ -218,9 +219,9 @@ class ClipCov(PolicyLoss):
 
     @dataclass
     class Config:
-        clip_ratio: float = 2e-4  # fraction of tokens whose gradient is dropped
-        cov_low: float = 1.0  # lower covariance bound of the candidates
-        cov_high: float = 5.0  # upper covariance bound of the candidates
+        clip_ratio: float = setting(2e-4, "fraction of tokens whose gradient is dropped")
+        cov_low: float = setting(1.0, "lower covariance bound of the candidates")
+        cov_high: float = setting(5.0, "upper covariance bound of the candidates")
 
     needs_minibatch = True
 
@@ -246,8 +247,8 @@ class KLCov(PolicyLoss):
 
     @dataclass
     class Config:
-        k_ratio: float = 2e-3  # fraction of top-covariance tokens that get the KL penalty
-        kl_coef: float = 1.0  # weight of |log pi - log pi_old| on those tokens
+        k_ratio: float = setting(2e-3, "fraction of top-covariance tokens that get the KL penalty")
+        kl_coef: float = setting(1.0, "weight of |log pi - log pi_old| on those tokens")
 
     needs_minibatch = True
 

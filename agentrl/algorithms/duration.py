@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import torch
 
 from agentrl.algorithms.registry import AdvantageShaper, Reduce, Steps, register
+from agentrl.config import setting
 
 
 def weights(durations: torch.Tensor | Sequence[float | None]) -> torch.Tensor:
@@ -115,7 +116,7 @@ class InclusionWeights(AdvantageShaper):
 
     @dataclass
     class Config:
-        max_weight: float | None = None  # cap on 1 / p (None: no cap; a cap trades a bias for less variance)
+        max_weight: float | None = setting(None, "cap on 1 / p (None: no cap; a cap trades a bias for less variance)")
 
     def __call__(self, steps: Steps, advantages: torch.Tensor, reduce: Reduce) -> torch.Tensor:
         if steps.inclusion is None:

@@ -22,6 +22,7 @@ import torch
 
 from agentrl.algorithms._common import IdsLike, as_codes, check_contiguous
 from agentrl.algorithms.registry import AdvantageShaper, Reduce, Steps, register
+from agentrl.config import setting
 
 ENTROPY_RANGE_EPS = 1e-8
 
@@ -98,9 +99,9 @@ class EMPG(AdvantageShaper):
 
     @dataclass
     class Config:
-        k: float = 1.0  # sharpness of the self-calibrating scale g = exp(-k H~)
-        k_future: float = 1.0  # sharpness of the future-clarity term f = exp(-k' H~)
-        zeta: float = 0.1  # weight of the future-clarity bonus
+        k: float = setting(1.0, "sharpness of the self-calibrating scale g = exp(-k H~)")
+        k_future: float = setting(1.0, "sharpness of the future-clarity term f = exp(-k' H~)")
+        zeta: float = setting(0.1, "weight of the future-clarity bonus")
 
     def __call__(self, steps: Steps, advantages: torch.Tensor, reduce: Reduce) -> torch.Tensor:
         if steps.entropy is None:

@@ -16,6 +16,7 @@ import torch
 
 from agentrl.algorithms._common import row_mean
 from agentrl.algorithms.registry import LossTerm, Tokens, register
+from agentrl.config import setting
 
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -50,7 +51,7 @@ class EntropyBonus(LossTerm):
 
     @dataclass
     class Config:
-        coef: float = 1e-3  # weight of the entropy bonus (verl-agent: entropy_coeff 0.001)
+        coef: float = setting(1e-3, "weight of the entropy bonus (verl-agent: entropy_coeff 0.001)")
 
     def __call__(self, tokens: Tokens) -> tuple[torch.Tensor, dict[str, float]]:
         entropy = tokens.aggregate(tokens.entropy)  # this micro-batch's share of agg(H)

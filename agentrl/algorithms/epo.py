@@ -25,6 +25,7 @@ import torch
 
 from agentrl.algorithms._common import IdsLike, as_codes, row_mean
 from agentrl.algorithms.registry import LossTerm, Reduce, Tokens, register
+from agentrl.config import setting
 
 
 def turn_weights(mask: torch.Tensor, traj_ids: IdsLike, reduce: Reduce | None = None) -> torch.Tensor:
@@ -151,12 +152,12 @@ class EPO(LossTerm):
 
     @dataclass
     class Config:
-        lam: float = 1e-3  # lambda: weight of the entropy terms
-        kappa_l: float = 0.0  # lower corridor bound, as a multiple of the reference entropy
-        kappa_r: float = 2.0  # upper corridor bound, as a multiple of the reference entropy
-        gamma: float = 3.0  # decay rate of beta_k
-        alpha: float = 0.1  # penalty scale (0.05 for ScienceWorld)
-        detach_penalty: bool = False  # True = the authors' code (penalty without gradient), False = the paper
+        lam: float = setting(1e-3, "lambda: weight of the entropy terms")
+        kappa_l: float = setting(0.0, "lower corridor bound, as a multiple of the reference entropy")
+        kappa_r: float = setting(2.0, "upper corridor bound, as a multiple of the reference entropy")
+        gamma: float = setting(3.0, "decay rate of beta_k")
+        alpha: float = setting(0.1, "penalty scale (0.05 for ScienceWorld)")
+        detach_penalty: bool = setting(False, "True = the authors' code (penalty without gradient), False = the paper")
 
     def __init__(self, config: Any = None):
         super().__init__(config)

@@ -44,6 +44,7 @@ import torch
 from agentrl.algorithms import grpo
 from agentrl.algorithms._common import IdsLike, as_codes, check_contiguous
 from agentrl.algorithms.registry import AdvantageEstimator, AlgorithmConfigError, Reduce, Steps, register
+from agentrl.config import setting
 
 EpisodeWeighting = Literal["step", "trajectory"]
 RowIndex = torch.Tensor | Sequence[int]  # [S] row -> trajectory index into the [T] tensors
@@ -330,15 +331,15 @@ class GiGPO(AdvantageEstimator):
 
     @dataclass
     class Config:
-        gamma: float = 0.95  # discount of the step returns R_t (verl-agent: gamma 0.95)
-        omega: float = 1.0  # weight of the step-level advantage (verl-agent: step_advantage_w 1.0)
-        scale_by_std: bool = True  # F = std + eps (mean_std_norm, ALFWorld); False: F = 1 (mean_norm, WebShop)
-        eps: float = 1e-6  # added to the standard deviation (verl-agent: 1e-6)
-        episode_weighting: EpisodeWeighting = "step"  # episode stats over rows (verl-agent) or trajectories (Eq. 3)
-        similarity_threshold: float | None = None  # None: exact observation match (verl-agent); else difflib ratio
-        invalid_penalty: float = 0.1  # off an invalid step's episode score and step return (verl-agent: 0.1)
-        invalid_key: str = "parse_error"  # Step.info flag of an invalid step; parse_error = format, as verl-agent
-        reward_scale: float = 1.0  # multiplies env rewards (verl-agent's ALFWorld/WebShop pay 10 per success)
+        gamma: float = setting(0.95, "discount of the step returns R_t (verl-agent: gamma 0.95)")
+        omega: float = setting(1.0, "weight of the step-level advantage (verl-agent: step_advantage_w 1.0)")
+        scale_by_std: bool = setting(True, "F = std + eps (mean_std_norm, ALFWorld); False: F = 1 (mean_norm, WebShop)")
+        eps: float = setting(1e-6, "added to the standard deviation (verl-agent: 1e-6)")
+        episode_weighting: EpisodeWeighting = setting("step", "episode stats over rows (verl-agent) or trajectories (Eq. 3)")
+        similarity_threshold: float | None = setting(None, "None: exact observation match (verl-agent); else difflib ratio")
+        invalid_penalty: float = setting(0.1, "off an invalid step's episode score and step return (verl-agent: 0.1)")
+        invalid_key: str = setting("parse_error", "Step.info flag of an invalid step; parse_error = format, as verl-agent")
+        reward_scale: float = setting(1.0, "multiplies env rewards (verl-agent's ALFWorld/WebShop pay 10 per success)")
 
     def __init__(self, config: Any = None):
         super().__init__(config)

@@ -15,6 +15,7 @@ import torch
 
 from agentrl.algorithms._common import IdsLike, as_codes
 from agentrl.algorithms.registry import AdvantageEstimator, Reduce, Steps, register
+from agentrl.config import setting
 
 
 def advantages(
@@ -67,7 +68,7 @@ class GRPO(AdvantageEstimator):
 
     @dataclass
     class Config:
-        eps: float = 1e-6  # added to the group's standard deviation
+        eps: float = setting(1e-6, "added to the group's standard deviation")
 
     def __call__(self, steps: Steps, reduce: Reduce) -> torch.Tensor:
         traj_adv = advantages(steps.returns, steps.group_ids, scale_by_std=self.scale_by_std, eps=self.config.eps)  # [T]

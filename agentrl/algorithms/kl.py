@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from agentrl.algorithms.registry import LossTerm, Tokens, register
+from agentrl.config import setting
 
 
 def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -28,7 +29,7 @@ class KL(LossTerm):
 
     @dataclass
     class Config:
-        coef: float = 0.01  # weight of the KL term (verl-agent: 0.01)
+        coef: float = setting(0.01, "weight of the KL term (verl-agent: 0.01)")
 
     def __call__(self, tokens: Tokens) -> tuple[torch.Tensor, dict[str, float]]:
         term = tokens.aggregate(k3(tokens.logp, tokens.reference_logp()))

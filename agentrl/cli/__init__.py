@@ -26,7 +26,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from agentrl.cli import data, envs, envserve, evaluate, model, sandbox, store, train
+from agentrl.cli import data, envs, envserve, evaluate, model, sandbox, store, train, view
 from agentrl.cli.common import console, console_err, printable
 from agentrl.cli.usage import click_classes, command_path, describe_usage_error
 from agentrl.errors import AgentrlError
@@ -56,20 +56,28 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show the progress bars and info logs of transformers and huggingface_hub.")
+    ] = False,
 ) -> None:
     """Multi-turn text environments and reinforcement learning for LLM agents."""
+    if not verbose:  # read by transformers and huggingface_hub when they are imported (nothing is imported here)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 app.add_typer(envs.app, name="envs")
 app.add_typer(data.app, name="data")
 app.add_typer(store.app, name="store")
 app.add_typer(sandbox.app, name="sandbox")
+app.add_typer(model.app, name="model")
 app.command("play")(envs.play)
 app.command("eval")(evaluate.eval_cmd)
 app.command("serve")(model.serve)
 app.command("env-serve")(envserve.env_serve)
 app.command("train")(train.train)
 app.command("plot")(train.plot)
+app.command("view")(view.view)
 
 
 def report_error(message: str, hint: str | None) -> None:

@@ -64,13 +64,16 @@ def check_cmd(
 ) -> None:
     """Run the environment checker (Gymnasium's plus the agentrl text contract)."""
     import agentrl
+    from agentrl.progress import progress_bar
 
     entry, kwargs = resolve_env(env, parse_kv_raw(env_arg))
     instance = make_env(entry, kwargs)
     try:
         if task is not None:
             reset_on_task(instance, task, seed=0)  # an id the env does not know is the user's mistake, not a FAIL
-        agentrl.check_env(instance, task=task)
+        with progress_bar(console) as bar:
+            job = bar.add_task(f"checking {entry.id}", total=None)
+            agentrl.check_env(instance, task=task, on_progress=lambda done, total: bar.update(job, completed=done, total=total))
     except agentrl.EnvCheckError as exc:
         console.print(printable_text(f"FAIL {entry.id}: {exc}", style="bold red"))
         raise typer.Exit(1) from None

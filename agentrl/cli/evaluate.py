@@ -22,7 +22,7 @@ from rich.table import Table
 from agentrl.cli.common import UserError, console, console_err, parse_kv_raw, printable_text, write_json
 from agentrl.cli.env_setup import default_eval_split, make_env, resolve_env
 from agentrl.cli.eval_options import EvalOptions
-from agentrl.cli.interrupts import InterruptGuard
+from agentrl.interrupts import InterruptGuard
 
 INTERRUPTED_EXIT = 130
 
@@ -89,11 +89,10 @@ def eval_cmd(
 
 def run_eval(opts: EvalOptions) -> None:
     """A scripted or model agent on the panel: progress bar, summary table, report, store run."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from agentrl.agents import make_scripted_agent
     from agentrl.cli.store import EpisodeRecorder
-    from agentrl.evaluation import EvalReport, evaluate
+    from agentrl.evaluation import EvalReport, eval_panel, evaluate
+    from agentrl.progress import progress_bar
 
     entry, env_kwargs = resolve_env(opts.env, opts.env_args, opts.env_overrides)
     scripted = make_scripted_agent(opts.agent or "random") if opts.model is None else None
@@ -105,12 +104,14 @@ def run_eval(opts: EvalOptions) -> None:
     agent_name = scripted.name if scripted is not None else getattr(policy, "name", opts.model)
     recorder = EpisodeRecorder(opts.store) if opts.store else None  # opened first: a bad store URL fails fast
     instance = None
+    ended: BaseException | None = None
     try:
         instance = make_env(entry, env_kwargs)
         split = opts.split or default_eval_split(instance)
         if split not in instance.splits:
             raise UserError(f"{entry.id} has no split {split!r}", hint=f"choose one of {', '.join(instance.splits)}")
-        panel = instance.task_ids(split)[: opts.episodes]
+        panel = eval_panel(instance, split, opts.episodes)
+        _say_what_the_panel_covers(instance, split, panel)
         if recorder is not None:
             config = {"agent": agent_name, "model": opts.model, "tokenizer": opts.tokenizer, "split": split,
                       "episodes": opts.episodes, "group_size": opts.group_size, "seed": opts.seed,
@@ -122,9 +123,7 @@ def run_eval(opts: EvalOptions) -> None:
         guard = InterruptGuard()
         sink = EpisodeSink(guard, recorder, lambda: None)
         try:
-            with guard, Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-            ) as bar:
+            with guard, progress_bar(console, transient=False) as bar:
                 job = bar.add_task(f"{entry.id} {split}", total=planned)
                 sink.advance = lambda: bar.advance(job)
                 if policy is not None:
@@ -139,15 +138,32 @@ def run_eval(opts: EvalOptions) -> None:
             order = {task: index for index, task in enumerate(panel)}
             done = sorted(sink.episodes, key=lambda ep: (order.get(ep.task_id, 0), ep.seed or 0))
             report = EvalReport(env_id=entry.id, agent=agent_name, split=split, seed=opts.seed, group_size=opts.group_size,
-                                panel=panel, episodes=done, seconds=time.perf_counter() - start, env_kwargs=dict(env_kwargs))  # fmt: skip
+                                panel=panel, episodes=done, seconds=time.perf_counter() - start, env_kwargs=dict(env_kwargs),
+                                max_turns=instance.max_turns)  # fmt: skip
             _finish(opts, report, agent_name, None, recorder, planned=planned)
             raise SystemExit(INTERRUPTED_EXIT) from None
+    except BaseException as exc:
+        ended = exc
+        raise
     finally:
         if instance is not None:
             instance.close()
         if recorder is not None:
-            recorder.close()
+            recorder.close(ended)
     _finish(opts, report, agent_name, model_details, recorder, planned=None)
+
+
+def _say_what_the_panel_covers(instance: Any, split: str, panel: list[str]) -> None:
+    """One line: how much of the split the panel is and, where the env has task types, which of them it covers."""
+    full = instance.task_ids(split)
+    types = [instance.task_type(task) for task in full]
+    kinds = list(dict.fromkeys(t for t in types if t is not None))
+    line = f"panel: {len(panel)} of the {len(full)} tasks of {split}"
+    if kinds:
+        covered = {instance.task_type(task) for task in panel}
+        spread = " (taken round-robin over the task types)" if len(panel) < len(full) else ""
+        line += f", {len(covered & set(kinds))} of its {len(kinds)} task types{spread}"
+    console.print(printable_text(line))
 
 
 def _finish(opts: EvalOptions, report: Any, agent_name: str, model_details: dict[str, Any] | None, recorder: Any,
@@ -157,19 +173,33 @@ def _finish(opts: EvalOptions, report: Any, agent_name: str, model_details: dict
     partial = planned is not None
     done = f", interrupted after {summary['episodes']} of {planned} episodes" if partial else ""
     title = f"{agent_name} on {report.env_id} ({report.split}, {len(report.panel)} tasks x {opts.group_size}, seed {opts.seed}{done})"
+    not_benchmark = report.benchmark is False
+    caption = "NOT the benchmark: the env ran on data other than the benchmark's (e.g. WebShop's built-in catalog)" if not_benchmark else None
     if summary["episodes"]:
-        table = Table(title=printable_text(title))
-        for column in ("success rate", f"pass@{opts.group_size}", "mean progress", "mean turns", "errors", "seconds"):
-            table.add_column(column, justify="right")
+        # no padding inside the cells: the ten columns fit an 80-column terminal unabridged
+        table = Table(title=printable_text(title), caption=caption, caption_style="bold red", padding=(0, 0))
+        # success, return, progress and turns are means over episodes; invalid: the share of turns with an invalid action
+        columns = ("tasks", "episodes", "success", f"pass@{opts.group_size}", "return", "progress", "turns", "invalid",
+                   "errors", "seconds")  # fmt: skip
+        for column in columns:  # long task types fold; numbers and headers are never cut
+            table.add_column(column, justify="left" if column == "tasks" else "right", no_wrap=column != "tasks",
+                             overflow="fold", min_width=5 if column == "tasks" else None)  # fmt: skip
         table.add_row(
-            f"{summary['success_rate']:.3f}", f"{summary['pass_at_group']:.3f}", f"{summary['mean_progress']:.3f}",
-            f"{summary['mean_turns']:.1f}", str(summary["errors"]), f"{summary['wall_seconds']:.1f}",
+            "all", str(summary["episodes"]), f"{summary['success_rate']:.3f}", f"{summary['pass_at_group']:.3f}",
+            f"{summary['mean_return']:.3f}", f"{summary['mean_progress']:.3f}", f"{summary['mean_turns']:.1f}",
+            f"{summary['invalid_action_rate']:.3f}", str(summary["errors"]), f"{summary['wall_seconds']:.1f}",
         )  # fmt: skip
+        for kind, rates in report.by_task_type().items():
+            table.add_row(
+                printable_text(kind), str(rates["episodes"]), f"{rates['success_rate']:.3f}", "", f"{rates['mean_return']:.3f}",
+                f"{rates['mean_progress']:.3f}", f"{rates['mean_turns']:.1f}", f"{rates['invalid_action_rate']:.3f}", "", "",
+            )  # fmt: skip
         console.print(table)
     if model_details is not None:
         console.print(
             f"tokens generated {model_details['tokens_generated']}, generation {model_details['generate_seconds']:.1f} s, "
-            f"env {model_details['env_seconds']:.1f} s, parse errors {model_details['parse_errors']}"
+            f"env {model_details['env_seconds']:.1f} s, unparsable replies {model_details['parse_errors']} "
+            "(counted as invalid actions)"
         )
     if recorder is not None and recorder.run_id is not None:
         console.print(f"recorded {recorder.count} episodes as run {recorder.run_id} in {opts.store}", highlight=False, markup=False)

@@ -1,4 +1,4 @@
-"""Model agents on the command line: ``agentrl serve MODEL`` and the ``--model`` path of ``agentrl eval``."""
+"""Models on the command line: ``agentrl serve MODEL``, ``agentrl model tiny DIR`` and the ``--model`` path of ``agentrl eval``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from agentrl.cli.common import UserError, console
+from agentrl.cli.common import UserError, console, parse_kv_raw
+
+app = typer.Typer(help="Make models to train and evaluate without downloading anything.", no_args_is_help=True)
 
 if TYPE_CHECKING:
     from agentrl.cli.eval_options import EvalOptions
@@ -68,7 +70,7 @@ def run_model_eval(
         return evaluate_model(
             env_fn, policy, agent, env_id=env_id, split=split, panel=panel, sampling=opts.sampling(),
             group_size=opts.group_size, seed=opts.seed, max_parallel=opts.parallel, env_kwargs=env_kwargs,
-            on_episode=on_episode,
+            on_episode=on_episode, max_turns=instance.max_turns,
         )  # fmt: skip
     except PolicyError as exc:
         raise UserError(str(exc), hint=exc.hint or "is the model server up and the model name right?") from exc
@@ -113,3 +115,51 @@ def serve(
         server.serve_forever()
     except KeyboardInterrupt:
         pass
+
+
+@app.command("tiny")
+def tiny_cmd(
+    directory: Annotated[str, typer.Argument(help="Directory to write the model to (created; must be empty or new).")],
+    env: Annotated[str, typer.Option(help="Environment whose text trains the tokenizer.")] = "textworld",
+    tasks: Annotated[int, typer.Option(help="Tasks of the env's first split whose text trains the tokenizer.")] = 40,
+    vocab_size: Annotated[int, typer.Option(help="Tokenizer vocabulary (byte-level BPE).")] = 2000,
+    hidden_size: Annotated[int, typer.Option(help="Model width.")] = 128,
+    layers: Annotated[int, typer.Option(help="Decoder layers.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the random initial weights.")] = 0,
+    env_arg: Annotated[list[str] | None, typer.Option("--env-arg", "-e", help="Env constructor argument key=value (repeatable).")] = None,
+) -> None:
+    """Write a tiny Qwen2-shaped chat model (about 1 M parameters, random weights) and a tokenizer trained on an env's text.
+
+    Nothing is downloaded: the model is built from a config and the tokenizer is trained here, so
+    `agentrl train RECIPE model=DIR` and `agentrl eval ENV --model DIR` work offline, on a laptop.
+    The weights are random: train it (a supervised warm-up on expert demonstrations, then RL).
+    """
+    from pathlib import Path
+
+    from agentrl.cli.env_setup import resolve_env
+    from agentrl.progress import progress_bar, third_party_output
+    from agentrl.testing import env_corpus, tiny_model
+
+    target = Path(directory)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UserError(f"{target} exists and is not an empty directory", hint="give a new directory")
+    if tasks < 1 or vocab_size < 300 or hidden_size < 8 or layers < 1:
+        raise UserError("--tasks, --layers must be >= 1, --hidden-size >= 8 and --vocab-size >= 300")
+    entry, env_kwargs = resolve_env(env, parse_kv_raw(env_arg))
+    third_party_output(verbose=False)
+    with progress_bar(console) as bar:
+        job = bar.add_task(f"reading {tasks} tasks of {entry.id}", total=tasks)
+        texts = env_corpus(entry.id, tasks=tasks, env_args=env_kwargs, on_task=lambda: bar.advance(job))
+    heads = max(1, hidden_size // 32)
+    path = tiny_model(target, texts, vocab_size=vocab_size, hidden_size=hidden_size, num_layers=layers, num_heads=heads,
+                      num_kv_heads=max(1, heads // 2), intermediate_size=3 * hidden_size, seed=seed)  # fmt: skip
+    import json
+
+    config = json.loads((target / "config.json").read_text())
+    from transformers import AutoModelForCausalLM
+
+    params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(path).parameters())
+    console.print(f"wrote {directory}: Qwen2, {params / 1e6:.2f} M parameters, vocabulary {config['vocab_size']} "
+                  f"(tokenizer trained on {len(texts)} texts of {entry.id})", highlight=False, markup=False, soft_wrap=True)  # fmt: skip
+    console.print(f"train it: agentrl train textworld_grpo model={directory}  (README: Train on a laptop)",
+                  highlight=False, markup=False, soft_wrap=True)  # fmt: skip

@@ -27,6 +27,7 @@ def reflexion_eval(opts: EvalOptions) -> dict[str, Any]:
     """
     import agentrl
     from agentrl.agents.llm import prompt_format_for
+    from agentrl.evaluation import eval_panel
     from agentrl.retroformer import Reflector, ReflexionAgent, run_trials
     from agentrl.rollout import Collector, ModelActor
 
@@ -45,7 +46,7 @@ def reflexion_eval(opts: EvalOptions) -> dict[str, Any]:
         split = opts.split or default_eval_split(instance)
         if split not in instance.splits:
             raise UserError(f"{entry.id} has no split {split!r}", hint=f"choose one of {', '.join(instance.splits)}")
-        panel = instance.task_ids(split)[: opts.episodes]
+        panel = eval_panel(instance, split, opts.episodes)
     finally:
         instance.close()
     agent = ReflexionAgent(actor_tokenizer, prompt_format_for(entry.id), memory_size=opts.memory_size,
@@ -61,15 +62,19 @@ def reflexion_eval(opts: EvalOptions) -> dict[str, Any]:
                   "env_kwargs": env_kwargs}  # fmt: skip
         runs = (recorder.start(f"eval reflexion {entry.id} {split} trials", env_id=entry.id, config=config),
                 recorder.start(f"eval reflexion {entry.id} {split} reflections", env_id=entry.id, config=config))  # fmt: skip
+    ended: BaseException | None = None
     try:
         with Collector(lambda: agentrl.make(entry.id, split=split, **env_kwargs), ModelActor(actor, agent, opts.sampling()),
                        env_id=entry.id, max_parallel=opts.parallel, split=split) as collector:
             report = run_trials(collector, agent, writer, panel, trials=opts.trials, seed=opts.seed,
                                 store=recorder.store if recorder else None,
                                 trial_run=runs[0] if runs else None, reflection_run=runs[1] if runs else None)  # fmt: skip
+    except BaseException as exc:
+        ended = exc
+        raise
     finally:
         if recorder is not None:
-            recorder.close()
+            recorder.close(ended)
     summary = report.summary()
     title = f"reflexion on {entry.id} ({split}, {len(panel)} tasks, {opts.trials} trials, seed {opts.seed})"
     table = Table(title=printable_text(title))

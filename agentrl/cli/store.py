@@ -70,17 +70,29 @@ def ls_cmd(store: StoreOpt = DEFAULT_STORE) -> None:
     if not runs:
         console.print(f"no runs in {printable(store)}", highlight=False, markup=False)
         return
-    table = Table(title=printable_text(f"runs in {store}"))
-    for column in ("id", "name", "kind", "env", "episodes", "steps", "success", "mean return", "created"):
-        table.add_column(column, justify="right" if column in ("id", "episodes", "steps", "success") else "left")
+    table = Table(title=printable_text(f"runs in {store}"),
+                  caption="success and mean return are the runs' own episodes: a training run's expert/oracle "
+                          "demonstrations (supervised warm-up) are counted under demos")  # fmt: skip
+    numeric = ("id", "episodes", "demos", "steps", "success", "mean return")
+    for column in ("id", "name", "kind", "status", "env", "episodes", "demos", "steps", "success", "mean return", "created"):
+        table.add_column(column, justify="right" if column in numeric else "left")
     for run in runs:
-        success = f"{run.won / run.episodes:.3f}" if run.episodes else "-"
-        mean_return = f"{run.mean_return:.3f}" if run.mean_return is not None else "-"
+        success = f"{run.rollout_success:.3f}" if run.rollout_success is not None else "-"
+        mean_return = f"{run.rollout_mean_return:.3f}" if run.rollout_mean_return is not None else "-"
+        demos = f"{run.demonstrations} ({run.demonstrations_won} won)" if run.demonstrations else "-"
         table.add_row(
-            str(run.id), printable_text(run.name), printable_text(run.kind), printable_text(run.env_id or "-"),
-            str(run.episodes), str(run.steps), success, mean_return, _when(run.created_at),
+            str(run.id), printable_text(run.name), printable_text(run.kind), _status_text(run.status),
+            printable_text(run.env_id or "-"), str(run.rollouts), demos, str(run.steps), success, mean_return,
+            _when(run.created_at),
         )  # fmt: skip
     console.print(table)
+
+
+_STATUS_STYLE = {"running": "cyan", "finished": "green", "interrupted": "yellow", "failed": "red"}
+
+
+def _status_text(status: str | None) -> Any:
+    return printable_text(status or "-", _STATUS_STYLE.get(status or "", ""))
 
 
 @app.command("show")
@@ -100,7 +112,8 @@ def show_cmd(
             _print_transcript(episode, opened.get_episode(episode))
             return
         pairs = list(opened.iter_episodes(info.id, limit=limit, with_ids=True))
-    console.print(printable_text(f"run {info.id} {info.name} ({info.kind}, {info.env_id or '-'}), created {_when(info.created_at)}"))
+    console.print(printable_text(f"run {info.id} {info.name} ({info.kind}, {info.env_id or '-'}), created {_when(info.created_at)}, "
+                                 f"status {info.status or '-'}, agentrl {info.agentrl_version} (git {info.git_sha or 'unknown'})"))
     if info.config:
         console.print(printable_text(f"config: {info.config}"))
     table = Table(title=f"{len(pairs)} of {info.episodes} episodes")
@@ -232,7 +245,11 @@ def upgrade_cmd(store: StoreOpt = DEFAULT_STORE) -> None:
 
 
 class EpisodeRecorder:
-    """Writes every episode of a command (``agentrl eval --store URL``) into one new run."""
+    """Writes every episode of a command (``agentrl eval --store URL``) into the runs it starts.
+
+    :meth:`close` records how the command ended on each of its runs (``finished``, ``interrupted``
+    or ``failed``, see :func:`agentrl.store.runs.status_after`).
+    """
 
     def __init__(self, url: str):
         from agentrl.store import open_store
@@ -241,11 +258,13 @@ class EpisodeRecorder:
         with user_errors(url):
             self.store = open_store(url)
         self.run_id: int | None = None
+        self.run_ids: list[int] = []
         self.count = 0
 
     def start(self, name: str, *, env_id: str, config: dict[str, Any], kind: str = "eval") -> int:
         with user_errors(self.url):
             self.run_id = self.store.start_run(name, env_id=env_id, config=config, kind=kind)
+        self.run_ids.append(self.run_id)
         return self.run_id
 
     def record(self, episode: Any) -> None:
@@ -255,5 +274,13 @@ class EpisodeRecorder:
             self.store.write_episode(self.run_id, episode)
         self.count += 1
 
-    def close(self) -> None:
-        self.store.close()
+    def close(self, exc: BaseException | None = None) -> None:
+        """Set each run's status from how the command ended (``exc``: the exception it ended with)."""
+        from agentrl.store.runs import status_after
+
+        try:
+            with user_errors(self.url):
+                for run_id in self.run_ids:
+                    self.store.set_run_status(run_id, status_after(exc))
+        finally:
+            self.store.close()

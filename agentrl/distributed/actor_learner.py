@@ -37,9 +37,11 @@ cut off mid-write is rolled back by the store's transaction.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -65,7 +67,9 @@ class ActorLearner:
     ``learner`` and ``store``; this object owns the workers (call :meth:`close`, or use ``with``).
     ``batching`` and ``window_s``: see the module docstring. ``pool`` replaces the Ray workers
     (a simulation) and ``clock`` the driver's clock (a simulation's fake one); both default to the
-    real thing.
+    real thing. ``around_update()`` is a context manager entered around each update, weight publish
+    and ``on_update`` (a resumable run commits its checkpoint there); :meth:`state_dict` is what a
+    resumed driver needs besides the learner's own checkpoint.
     """
 
     def __init__(
@@ -91,6 +95,7 @@ class ActorLearner:
         check_batch: Callable[[list[Episode]], dict[str, Any]] | None = None,
         pool: WorkerPool | None = None,
         clock: Callable[[], float] = time.monotonic,
+        around_update: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
     ):
         if workers < 1 or group_size < 1 or groups_per_update < 1 or max_staleness < 0:
             raise ValueError("workers, group_size and groups_per_update must be >= 1 and max_staleness >= 0")
@@ -109,6 +114,7 @@ class ActorLearner:
         self.wait_timeout_s, self.max_worker_restarts = wait_timeout_s, max_worker_restarts
         self.poll_interval_s, self.clock = poll_interval_s, clock
         self.on_update = on_update
+        self.around_update = around_update  # wraps each update + publish + on_update (a resumable run's commit)
         self.check_batch = check_batch  # before each update: metrics on the batch (token exactness of fresh episodes)
         self.rng = np.random.default_rng(seed)
         self.pool: WorkerPool = pool or RayWorkerPool(spec, workers, cpus=worker_cpus, gpus=worker_gpus, clock=clock)
@@ -313,23 +319,41 @@ class ActorLearner:
                 waited = self.clock() - started
                 lags = [self.learner.step - ep.policy_version for ep in batch]
                 checked = self.check_batch(batch) if self.check_batch is not None else {}
-                metrics = self.learner.update(batch)
-                publish_weights(self.publisher, self.learner)
-                summary = {
-                    "policy_version": self.learner.step, "episodes": len(batch),
-                    "rollout/success_rate": float(np.mean([ep.won for ep in batch])),
-                    "rollout/mean_return": float(np.mean([ep.episode_return for ep in batch])),
-                    "async/wait_seconds": waited, "async/mean_staleness": float(np.mean(lags)),
-                    "async/max_staleness": int(max(lags)), "async/update_seconds": self.clock() - started - waited,
-                    **{f"async/{k}": v for k, v in self.stats.items() if k != "last_error"},
-                    **{f"rollout/{k}": v for k, v in checked.items()},
-                    "learner": metrics,
-                }  # fmt: skip
-                if self.on_update is not None:
-                    self.on_update(summary)
+                with self.around_update():
+                    metrics = self.learner.update(batch)
+                    publish_weights(self.publisher, self.learner)
+                    summary = {
+                        "policy_version": self.learner.step, "episodes": len(batch),
+                        "rollout/success_rate": float(np.mean([ep.won for ep in batch])),
+                        "rollout/mean_return": float(np.mean([ep.episode_return for ep in batch])),
+                        "async/wait_seconds": waited, "async/mean_staleness": float(np.mean(lags)),
+                        "async/max_staleness": int(max(lags)), "async/update_seconds": self.clock() - started - waited,
+                        **{f"async/{k}": v for k, v in self.stats.items() if k != "last_error"},
+                        **{f"rollout/{k}": v for k, v in checked.items()},
+                        "learner": metrics,
+                    }  # fmt: skip
+                    if self.on_update is not None:
+                        self.on_update(summary)
             return dict(self.stats)
         finally:
             self.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed driver needs (JSON-ready): where to read the store from, the task sampler's RNG, stats.
+
+        Under group batching, episodes read but not trained on yet are read again after a resume
+        (``since`` stops before them). Window batching decides by the driver's clock, which does not
+        survive a restart: what its open windows held is not carried over.
+        """
+        waiting = self.batching.buffer if isinstance(self.batching, GroupBatching) else []
+        since = min(i for i, _ in waiting) - 1 if waiting else self.last_seen_id
+        return {"since": since, "rng": self.rng.bit_generator.state, "calls": self._calls, "stats": dict(self.stats)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.last_seen_id = int(state["since"])
+        self.rng.bit_generator.state = state["rng"]
+        self._calls = int(state["calls"])
+        self.stats.update(state["stats"])
 
     def close(self) -> None:
         """Kill every worker (their in-flight groups are never committed). Safe to call twice."""

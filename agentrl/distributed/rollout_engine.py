@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from agentrl.config import ConfigError
+from agentrl.config import ConfigError, setting
 
 BACKENDS = ("hf", "vllm", "openai")
 
@@ -39,17 +39,19 @@ BACKENDS = ("hf", "vllm", "openai")
 class RolloutConfig:
     """Which engine generates the rollouts and how closely it is checked against the learner (``rollout.*``)."""
 
-    backend: Literal["hf", "vllm", "openai"] = "hf"  # hf: transformers here, sharing the learner's model; vllm: a vLLM engine here; openai: a server at url
-    url: str = ""  # openai: the server's base URL (http://HOST:PORT); it must read the run's weights directory
-    api_key: str | None = None  # openai: bearer token of the server
-    served_model: str | None = None  # openai: the model name the server serves (default: its first)
-    sleep: bool = True  # vllm: sleep the engine while the learner updates (engine and learner share one GPU)
-    engine_args: dict[str, Any] = field(default_factory=dict)  # vllm: more vllm.LLM arguments (gpu_memory_utilization, dtype, ...)
-    keep_versions: int = 2  # vllm/openai: published weight versions kept on disk
-    check_every: int = 1  # compare the engine's behaviour log-probs with the learner's every N iterations (0 = never)
-    check_tokens: int = 512  # sampled tokens compared per check
-    tolerance: float = 0.1  # largest |logp_engine - logp_learner| accepted (fp32 agrees to ~1e-5, bf16 to a few 1e-2)
-    on_mismatch: Literal["warn", "raise"] = "warn"  # past the tolerance: log a warning, or stop the run
+    backend: Literal["hf", "vllm", "openai"] = setting(
+        "hf", "hf: transformers here, sharing the learner's model; vllm: a vLLM engine here; openai: a server at url"
+    )
+    url: str = setting("", "openai: the server's base URL (http://HOST:PORT); it must read the run's weights directory")
+    api_key: str | None = setting(None, "openai: bearer token of the server")
+    served_model: str | None = setting(None, "openai: the model name the server serves (default: its first)")
+    sleep: bool = setting(True, "vllm: sleep the engine while the learner updates (engine and learner share one GPU)")
+    engine_args: dict[str, Any] = setting(factory=dict, doc="vllm: more vllm.LLM arguments (gpu_memory_utilization, dtype, ...)")
+    keep_versions: int = setting(2, "vllm/openai: published weight versions kept on disk")
+    check_every: int = setting(1, "compare the engine's behaviour log-probs with the learner's every N iterations (0 = never)")
+    check_tokens: int = setting(512, "sampled tokens compared per check")
+    tolerance: float = setting(0.1, "largest |logp_engine - logp_learner| accepted (fp32 agrees to ~1e-5, bf16 to a few 1e-2)")
+    on_mismatch: Literal["warn", "raise"] = setting("warn", "past the tolerance: log a warning, or stop the run")
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first setting that cannot work with the chosen backend."""
@@ -86,6 +88,16 @@ class RolloutEngine:
             if candidate is not None:
                 return int(candidate)
         return 0
+
+    def reseed(self, seed: int) -> None:
+        """Restart the sampling generator from ``seed`` before a phase (an iteration's rollouts, an evaluation).
+
+        ``hf`` restarts its generator, so a resumed run samples exactly what the uninterrupted one did
+        (:func:`agentrl.training.run.phase_seed`). ``vllm`` and ``openai`` draw from the engine's own
+        running generator, which no restart restores: a resumed run there continues with fresh samples.
+        """
+        if self.backend == "hf":
+            self.policy.reseed(seed)
 
     def sleep(self) -> None:
         """Before the learner's update: a colocated vLLM engine frees the GPU (a no-op for the other backends)."""

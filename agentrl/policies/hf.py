@@ -98,6 +98,14 @@ class HFPolicy:
         self.pad_id = self._pad_id()
         self.eos_ids = self._eos_ids()
 
+    def reseed(self, seed: int) -> None:
+        """Restart the running sampling generator from ``seed``.
+
+        A resumable run reseeds before each phase (an iteration's rollouts, an evaluation), so what a
+        phase samples depends only on the seed and the weights, not on what was sampled before it.
+        """
+        self._generator.manual_seed(int(seed))
+
     # -- weights ------------------------------------------------------------------------------
 
     def load_weights(self, state_dict: dict[str, Any], version: int | None = None) -> None:

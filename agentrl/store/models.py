@@ -30,7 +30,7 @@ from sqlalchemy.types import TypeDecorator
 from agentrl.store.codec import escape_text, unescape_text
 
 #: Alembic revisions this version of agentrl knows, oldest first; the last one is the current schema.
-SCHEMA_REVISIONS = ("0001", "0002", "0003")
+SCHEMA_REVISIONS = ("0001", "0002", "0003", "0004")
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 
 
@@ -52,7 +52,10 @@ class Base(DeclarativeBase):
 
 
 class Run(Base):
-    """A training or evaluation run: the unit readers select by and the CLI lists."""
+    """A training or evaluation run: the unit readers select by and the CLI lists.
+
+    ``config`` is the run's resolved configuration (every default and override applied).
+    """
 
     __tablename__ = "runs"
 
@@ -63,6 +66,10 @@ class Run(Base):
     config: Mapped[str | None] = mapped_column(Text)  # JSON
     agentrl_version: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[float] = mapped_column(Double)
+    # Added in 0004: where the run stands and the code that made it. NULL status: a run from before 0004.
+    status: Mapped[str | None] = mapped_column(String(16))  # running | finished | interrupted | failed
+    git_sha: Mapped[str | None] = mapped_column(String(64))  # agentrl's commit (``-dirty`` when changed), if known
+    finished_at: Mapped[float | None] = mapped_column(Double)  # when it last stopped (finished, interrupted, failed)
 
 
 class EpisodeRow(Base):

@@ -12,11 +12,10 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, Engine, and_, bindparam, case, func, insert, select, text, true
+from sqlalchemy import ColumnElement, Engine, and_, bindparam, func, insert, select, text, true
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
@@ -33,28 +32,12 @@ from agentrl.store.engine import (
 )
 from agentrl.store.errors import StoreError
 from agentrl.store.models import episodes_table, runs_table, steps_table, transcripts_table
+from agentrl.store.runs import RunInfo, check_status, run_info, run_totals_query
 from agentrl.trajectory import Episode, Step, Transcript
 
 DEFAULT_URL = "sqlite:///agentrl.db"
 _PG_WRITE_ORDER_LOCK = 0x61677772  # advisory lock key ordering episode commits on PostgreSQL ("agwr")
 _LOCK_RETRIES = 8  # SQLite: attempts per write when another writer holds the lock past the busy timeout
-
-
-@dataclass
-class RunInfo:
-    """A run and the totals of what was written to it."""
-
-    id: int
-    name: str
-    kind: str
-    env_id: str | None
-    config: dict[str, Any] | None
-    agentrl_version: str
-    created_at: float
-    episodes: int
-    steps: int
-    won: int
-    mean_return: float | None
 
 
 def open_store(url: str = DEFAULT_URL, *, create: bool = True) -> Store:
@@ -142,10 +125,24 @@ class Store:
         raise AssertionError("unreachable")
 
     def start_run(
-        self, name: str, *, env_id: str | None = None, config: dict[str, Any] | None = None, kind: str = "eval"
+        self,
+        name: str,
+        *,
+        env_id: str | None = None,
+        config: dict[str, Any] | None = None,
+        kind: str = "eval",
+        status: str = "running",
+        git_sha: str | None = None,
     ) -> int:
-        """Create a run (a training or evaluation session) and return its id."""
+        """Create a run (a training or evaluation session) and return its id.
+
+        ``config`` is the run's resolved configuration. The run starts ``running``: whoever runs it
+        sets its outcome with :meth:`set_run_status`. ``git_sha`` defaults to agentrl's own commit.
+        """
         from agentrl import __version__
+        from agentrl.provenance import git_sha as current_sha
+
+        check_status(status)
 
         try:
             config_json = codec.dump_json(config, "run config")
@@ -158,10 +155,36 @@ class Store:
             "config": config_json,
             "agentrl_version": __version__,
             "created_at": time.time(),
+            "status": status,
+            "git_sha": git_sha if git_sha is not None else current_sha(),
         }
         return self._transaction(
             lambda conn: conn.execute(insert(runs_table).returning(runs_table.c.id), values).scalar_one()
         )
+
+    def set_run_status(self, run_id: int, status: str) -> None:
+        """Record where a run stands; any status but ``running`` also stamps ``finished_at``."""
+        check_status(status)
+        values = {"status": status, "finished_at": None if status == "running" else time.time()}
+        self._transaction(lambda conn: conn.execute(runs_table.update().where(runs_table.c.id == run_id).values(values)))
+
+    def delete_run(self, run_id: int) -> None:
+        """Delete a run and everything written to it (its episodes, steps and transcripts)."""
+        self._transaction(lambda conn: conn.execute(runs_table.delete().where(runs_table.c.id == run_id)))
+
+    def delete_episodes_after(self, run_id: int, episode_id: int) -> int:
+        """Delete the run's episodes written after ``episode_id`` (a resumed run drops what its last
+        checkpoint did not see); returns how many went."""
+        e = episodes_table.c
+        return self._transaction(
+            lambda conn: conn.execute(episodes_table.delete().where((e.run_id == run_id) & (e.id > episode_id))).rowcount
+        )
+
+    def last_episode_id(self, run_id: int) -> int:
+        """The id of the run's newest episode (0 when it has none)."""
+        with self.engine.connect() as conn:
+            newest = conn.execute(select(func.max(episodes_table.c.id)).where(episodes_table.c.run_id == run_id)).scalar()
+        return int(newest or 0)
 
     def write_episode(self, run_id: int, episode: Episode) -> int:
         """Write one episode and all its steps atomically; returns the episode id."""
@@ -222,39 +245,11 @@ class Store:
         return found[0]
 
     def _run_infos(self, where: ColumnElement[bool] | None) -> list[RunInfo]:
-        e = episodes_table.c
-        statement = (
-            select(
-                runs_table,
-                func.count(e.id).label("n_episodes"),
-                func.coalesce(func.sum(e.turns), 0).label("n_steps"),
-                func.coalesce(func.sum(case((e.won, 1), else_=0)), 0).label("n_won"),
-                func.avg(e.episode_return).label("mean_return"),
-            )
-            .select_from(runs_table.outerjoin(episodes_table, e.run_id == runs_table.c.id))
-            .group_by(*runs_table.c)
-            .order_by(runs_table.c.id)
-        )
+        statement = run_totals_query()
         if where is not None:
             statement = statement.where(where)
         with self.engine.connect() as conn:
-            rows = conn.execute(statement).all()
-        return [
-            RunInfo(
-                id=r.id,
-                name=r.name,
-                kind=r.kind,
-                env_id=r.env_id,
-                config=codec.load_json(r.config),
-                agentrl_version=r.agentrl_version,
-                created_at=r.created_at,
-                episodes=int(r.n_episodes),
-                steps=int(r.n_steps),
-                won=int(r.n_won),
-                mean_return=None if r.mean_return is None else float(r.mean_return),
-            )
-            for r in rows
-        ]
+            return [run_info(row) for row in conn.execute(statement).all()]
 
     def read_episodes(
         self,

@@ -7,48 +7,54 @@ learner is built, so adding an algorithm never touches this file.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
+
+from agentrl.config import setting
 
 
 @dataclass
 class LoRAConfig:
     """Low-rank adapters (peft); the base weights stay frozen."""
 
-    r: int = 16  # adapter rank
-    alpha: int = 32  # scaling numerator (scale = alpha / r)
-    dropout: float = 0.0  # dropout on the adapter input
-    target_modules: str | list[str] = "all-linear"  # peft target spec; "all-linear" excludes the LM head
+    r: int = setting(16, "adapter rank")
+    alpha: int = setting(32, "scaling numerator (scale = alpha / r)")
+    dropout: float = setting(0.0, "dropout on the adapter input")
+    target_modules: str | list[str] = setting("all-linear", 'peft target spec; "all-linear" excludes the LM head')
 
 
 @dataclass
 class LearnerConfig:
     """Everything the learner needs; recipes set these from their own configs."""
 
-    lr: float = 1e-6  # peak AdamW learning rate
-    weight_decay: float = 0.0  # AdamW decoupled weight decay
-    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
-    warmup_steps: int = 0  # linear warm-up from 0 to lr over this many optimizer steps
-    total_steps: int | None = None  # optimizer steps of the run: the cosine horizon and EPO's K (recipes derive it; None = constant lr)
-    min_lr_ratio: float = 0.0  # the cosine decays to lr * min_lr_ratio
-    max_grad_norm: float = 1.0  # clip the global gradient norm to this (0 = no clipping)
-    micro_batch_tokens: int = 8192  # padded tokens (sequences x longest sequence) per forward/backward pass
-    mini_batches: int = 1  # optimizer steps per update (the batch is split by trajectory)
-    epochs: int = 1  # passes over the batch per update
-    advantage: str = "grpo"  # advantage estimator plug-in: grpo, dr_grpo, gigpo, ...
-    shaping: list[str] = field(default_factory=list)  # advantage shaper plug-ins, applied in order: empg, duration
-    policy_loss: str = "clip"  # policy-loss plug-in: clip (PPO-clip), clip_cov, kl_cov
-    terms: list[str] = field(default_factory=list)  # loss-term plug-ins: kl (to the initial policy), epo, entropy
-    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # plug-in options by name: {"empg": {"k": 2.0}}
-    eps_low: float = 0.2  # PPO clip: ratio >= 1 - eps_low
-    eps_high: float = 0.2  # PPO clip: ratio <= 1 + eps_high (DAPO uses 0.28)
-    importance_cap: float = 5.0  # stale data: cap of the behaviour weight pi_prox / pi_behaviour (decoupled PPO)
-    agg: Literal["token-mean", "seq-mean-token-mean"] = "token-mean"  # loss aggregation
-    lora: LoRAConfig | None = None  # train LoRA adapters instead of all weights when set
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
-    gradient_checkpointing: bool = False  # recompute activations in backward (saves memory)
-    seed: int = 0  # seeds the learner's own generator (mini-batch shuffling)
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes saved with checkpoints
+    lr: float = setting(1e-6, "peak AdamW learning rate")
+    weight_decay: float = setting(0.0, "AdamW decoupled weight decay")
+    betas: tuple[float, float] = setting((0.9, 0.999), "AdamW betas")
+    warmup_steps: int = setting(0, "linear warm-up from 0 to lr over this many optimizer steps")
+    total_steps: int | None = setting(
+        None, "optimizer steps of the run: the cosine horizon and EPO's K (recipes derive it; None = constant lr)"
+    )
+    min_lr_ratio: float = setting(0.0, "the cosine decays to lr * min_lr_ratio")
+    max_grad_norm: float = setting(1.0, "clip the global gradient norm to this (0 = no clipping)")
+    micro_batch_tokens: int = setting(8192, "padded tokens (sequences x longest sequence) per forward/backward pass")
+    mini_batches: int = setting(1, "optimizer steps per update (the batch is split by trajectory)")
+    epochs: int = setting(1, "passes over the batch per update")
+    advantage: str = setting("grpo", "advantage estimator plug-in: grpo, dr_grpo, gigpo, ...")
+    shaping: list[str] = setting(factory=list, doc="advantage shaper plug-ins, applied in order: empg, duration")
+    policy_loss: str = setting("clip", "policy-loss plug-in: clip (PPO-clip), clip_cov, kl_cov")
+    terms: list[str] = setting(factory=list, doc="loss-term plug-ins: kl (to the initial policy), epo, entropy")
+    options: dict[str, dict[str, Any]] = setting(factory=dict, doc='plug-in options by name: {"empg": {"k": 2.0}}')
+    eps_low: float = setting(0.2, "PPO clip: ratio >= 1 - eps_low")
+    eps_high: float = setting(0.2, "PPO clip: ratio <= 1 + eps_high (DAPO uses 0.28)")
+    importance_cap: float = setting(
+        5.0, "stale data: cap of the behaviour weight pi_prox / pi_behaviour (decoupled PPO)"
+    )
+    agg: Literal["token-mean", "seq-mean-token-mean"] = setting("token-mean", "loss aggregation")
+    lora: LoRAConfig | None = setting(None, "train LoRA adapters instead of all weights when set")
+    precision: Literal["auto", "fp32", "bf16"] = setting("auto", "auto = bf16 autocast on CUDA, fp32 on CPU")
+    gradient_checkpointing: bool = setting(False, "recompute activations in backward (saves memory)")
+    seed: int = setting(0, "seeds the learner's own generator (mini-batch shuffling)")
+    extra: dict[str, Any] = setting(factory=dict, doc="free-form notes saved with checkpoints")
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first field whose value cannot work."""
@@ -99,3 +105,25 @@ class LearnerConfig:
         if "betas" in data:
             data["betas"] = tuple(data["betas"])
         return cls(**data)
+
+
+def plugin_option_sections(config: Any) -> dict[str, tuple[type, dict[str, Any]]]:
+    """The options of the algorithm plug-ins a :class:`LearnerConfig` selects, as ``options.NAME`` sections.
+
+    For :func:`agentrl.config.describe` (``--show-config``): each plug-in in use with options gets its
+    ``Config`` dataclass and the values ``options[NAME]`` sets. Other configs have none.
+    """
+    if not isinstance(config, LearnerConfig):
+        return {}
+    import dataclasses
+
+    from agentrl.algorithms import registry
+
+    used = [("advantage", config.advantage), *(("shaping", name) for name in config.shaping),
+            ("policy_loss", config.policy_loss), *(("term", name) for name in config.terms)]  # fmt: skip
+    sections: dict[str, tuple[type, dict[str, Any]]] = {}
+    for kind, name in used:
+        options = registry.get(kind, name).Config
+        if dataclasses.fields(options):
+            sections[f"options.{name}"] = (options, dict(config.options.get(name) or {}))
+    return sections

@@ -10,7 +10,7 @@ stored, exported and trained on like any other episode.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -36,16 +36,17 @@ def demonstrations(
     env_id: str,
     seed: int = 0,
     oracle: bool = False,
+    on_episode: Callable[[Episode], Any] | None = None,
 ) -> list[Episode]:
     """Play the env's expert (its oracle with ``oracle=True``) on ``tasks`` with ``seed``, recording token ids.
 
     Episodes the expert does not win are returned too (``won=False``); callers usually keep the
     won ones. An expert that has no action for a state ends its episode with ``error`` set.
-    ``env`` stays open (it is the caller's).
+    ``env`` stays open (it is the caller's). ``on_episode`` is called as each one ends (a progress bar).
     """
     expert = OracleAgent if oracle else ExpertAgent
     actor = ScriptedActor(expert, record=agent)
-    return Collector(lambda: env, actor, env_id=env_id, max_parallel=1, split=env.split).run(tasks, seed=seed)
+    return Collector(lambda: env, actor, env_id=env_id, max_parallel=1, split=env.split, on_episode=on_episode).run(tasks, seed=seed)
 
 
 def sft_update(
@@ -57,11 +58,13 @@ def sft_update(
     micro_batch_tokens: int = 8192,
     pad_token_id: int = 0,
     seed: int = 0,
+    on_step: Callable[[int, int], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Minimise the token-mean negative log-likelihood of the responses (loss-masked tokens only).
 
     Each epoch shuffles the sequences (transcripts) and takes one AdamW step per micro-batch.
-    Returns one metrics dict per optimizer step (``loss``, ``tokens``).
+    Returns one metrics dict per optimizer step (``loss``, ``tokens``). ``on_step(done, total)`` is
+    called after each micro-batch (a progress bar).
     """
     batch = build_batch(episodes)
     device = next(model.parameters()).device
@@ -71,6 +74,8 @@ def sft_update(
     lengths = batch.seq_lengths()
     steps_of = batch.seq_steps()
     history = []
+    total = epochs * len(micro_batches(lengths, range(len(batch.sequences)), micro_batch_tokens))
+    done = 0
     model.train()
     for _ in range(epochs):
         order = torch.randperm(len(batch.sequences), generator=generator).tolist()
@@ -78,6 +83,9 @@ def sft_update(
             tensors = collate(batch, indices, pad_token_id, device, steps_of)
             logp, _ = token_logprobs_entropy(model, tensors["input_ids"], tensors["attention_mask"], tensors["targets"])
             logp = logp[tensors["step_seq"], tensors["step_pos"]]  # [n, R]
+            done += 1
+            if on_step is not None:
+                on_step(done, total)
             tokens = tensors["mask"].sum()
             loss = -(logp * tensors["mask"]).sum() / tokens.clamp(min=1)
             if not torch.isfinite(loss):

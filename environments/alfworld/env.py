@@ -198,6 +198,10 @@ class ALFWorldEnv(TextEnv):
             raise ValueError(f"unknown split {split!r}; choose one of {', '.join(self.splits)}")
         return panel(self.data_root, split)
 
+    def task_type(self, task_id: str) -> str | None:
+        """The task type in the id's task folder (pick_and_place_simple, ..., pick_two_obj_and_place)."""
+        return task_type_of(task_id)
+
     def _game_file(self, task_id: str) -> Path:
         rel = Path(task_id)
         if rel.is_absolute() or ".." in rel.parts or rel.name != "game.tw-pddl":

@@ -185,6 +185,11 @@ class ScienceWorldEnv(TextEnv):
         panels = load_panels()
         return [f"{name}/{v}" for name in self.tasks for v in panels[name][split]]
 
+    def task_type(self, task_id: str) -> str | None:
+        """The ScienceWorld task an id is a variation of (``"boil/14"`` -> ``"boil"``)."""
+        name, sep, _ = str(task_id).rpartition("/")
+        return name if sep and name in load_panels() else None
+
     @staticmethod
     def parse_task_id(task_id: str) -> tuple[str, int]:
         """``"boil/14"`` -> ``("boil", 14)``; a clear ``ValueError`` naming the valid choices otherwise."""
@@ -265,7 +270,7 @@ class ScienceWorldEnv(TextEnv):
                     raise RuntimeError(f"could not start ScienceWorld task {task_id!r}: {reason}") from exc
         self._episode = _Episode(name, variation, instruction, score, admissible=admissible)
         info = self._info(self._episode)
-        info.update(instruction=instruction, variation=variation, simplification=self.simplification)
+        info.update(instruction=instruction, variation=variation, simplification=self.simplification, task_type=name)
         info["admissible_actions"] = admissible
         return f"{instruction}\n\n{canonical_listing(look)}", info
 

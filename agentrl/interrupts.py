@@ -10,6 +10,10 @@ swallowed the interrupt; :meth:`InterruptGuard.shielded` defers it while an epis
 recorded, so a store write or a report entry is never cut in half. While it is active, a library
 that logs the interrupt it caught (py4j logs it with a traceback) is kept quiet: the command itself
 says that it was interrupted.
+
+Training runs also stop on SIGTERM (what a scheduler or ``kill`` sends): ``InterruptGuard(SIGTERM_TOO)``
+treats it exactly like Ctrl-C, so the run checkpoints and ends ``interrupted`` either way, and its
+shielded sections (an optimizer update, a checkpoint being written) are never cut in half.
 """
 
 from __future__ import annotations
@@ -22,14 +26,18 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
+#: The signals a training run stops on.
+SIGTERM_TOO = (signal.SIGINT, signal.SIGTERM)
+
 
 class InterruptGuard:
-    """SIGINT handling for the duration of a ``with`` block in the main thread (elsewhere a no-op)."""
+    """SIGINT (and optionally more signals) handling for a ``with`` block in the main thread (elsewhere a no-op)."""
 
-    def __init__(self) -> None:
-        self.requested = False  # a SIGINT arrived since the block began
+    def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGINT,)) -> None:
+        self.requested = False  # a signal arrived since the block began
+        self.signals = signals
         self._shield_depth = 0
-        self._previous: Any = None
+        self._previous: dict[signal.Signals, Any] = {}
         self._installed = False
 
     @staticmethod
@@ -43,17 +51,21 @@ class InterruptGuard:
 
     def __enter__(self) -> InterruptGuard:
         if threading.current_thread() is threading.main_thread():
-            previous = signal.getsignal(signal.SIGINT)
-            if previous is not signal.SIG_IGN:  # started with SIGINT ignored (nohup, `&` in a script): keep it so
-                self._previous = previous
-                signal.signal(signal.SIGINT, self._handle)
+            for signum in self.signals:
+                previous = signal.getsignal(signum)
+                if previous is not signal.SIG_IGN:  # started with it ignored (nohup, `&` in a script): keep it so
+                    self._previous[signum] = previous
+                    signal.signal(signum, self._handle)
+            if self._previous:
                 logging.getLogger().addFilter(self._not_our_interrupt)
                 self._installed = True
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
+            for signum, previous in self._previous.items():
+                signal.signal(signum, previous)
+            self._previous.clear()
             logging.getLogger().removeFilter(self._not_our_interrupt)
             self._installed = False
 
