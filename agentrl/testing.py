@@ -76,6 +76,27 @@ def installed_cli() -> str:
     return shutil.which("agentrl", path=str(Path(sys.executable).parent)) or shutil.which("agentrl") or "agentrl"
 
 
+def install_plugin(files: dict[str, str], directory: str | Path) -> dict[str, str]:
+    """Build and ``pip install --target`` a plug-in package from ``{relative path: source}`` (dedented).
+
+    The package is written under ``directory/src`` and installed into ``directory/site``; returns a copy
+    of ``os.environ`` whose ``PYTHONPATH`` makes a subprocess see it (entry points included).
+    """
+    import os
+    import subprocess
+    import textwrap
+
+    src, target = Path(directory) / "src", Path(directory) / "site"
+    for rel, text in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(textwrap.dedent(text))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target), str(src)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return dict(os.environ, PYTHONPATH=str(target))
+
+
 def tiny_tokenizer(texts: Iterable[str] = (), *, vocab_size: int = 1024, chat_template: str = "chatml"):
     """A ``PreTrainedTokenizerFast`` (byte-level BPE) trained on ``texts`` with a chat template set.
 

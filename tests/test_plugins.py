@@ -7,7 +7,6 @@ group ``agentrl.algorithms``. Neither edits agentrl.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -20,7 +19,7 @@ transformers = pytest.importorskip("transformers")
 
 from agentrl.algorithms import registry  # noqa: E402
 from agentrl.algorithms.registry import AdvantageShaper, AlgorithmConfigError, LossTerm, Reduce, Steps, Tokens  # noqa: E402
-from agentrl.testing import token_episode  # noqa: E402
+from agentrl.testing import install_plugin, token_episode  # noqa: E402
 from agentrl.training.batch import build_batch  # noqa: E402
 from agentrl.training.config import LearnerConfig  # noqa: E402
 from agentrl.training.learner import Learner  # noqa: E402
@@ -130,15 +129,7 @@ PLUGIN = {
 
 
 def test_a_third_party_package_registers_through_the_entry_point_group(tmp_path):
-    src = tmp_path / "src"
-    for rel, text in PLUGIN.items():
-        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        (src / rel).write_text(textwrap.dedent(text))
-    target = tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target), str(src)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    env = install_plugin(PLUGIN, tmp_path)
     code = textwrap.dedent(
         """
         from agentrl.algorithms import registry
@@ -157,6 +148,6 @@ def test_a_third_party_package_registers_through_the_entry_point_group(tmp_path)
         print(registry.names("advantage"), learner.advantages(build_batch(episodes)).tolist())
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(target)),
+    out = subprocess.run([sys.executable, "-c", code], env=env,
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert "'toy_sign'" in out and out.strip().endswith("[3.0, 0.0]")

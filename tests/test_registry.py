@@ -15,6 +15,7 @@ import pytest
 
 import agentrl
 from agentrl.registry import MissingDependencyError, UnknownEnvError
+from agentrl.testing import install_plugin
 
 
 def test_import_is_light():
@@ -93,17 +94,7 @@ PLUGIN = {
 
 def test_third_party_entry_point_plugin(tmp_path):
     """A package built and installed in a temp dir registers through the `agentrl.environments` group."""
-    src = tmp_path / "src"
-    for rel, text in PLUGIN.items():
-        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        (src / rel).write_text(textwrap.dedent(text))
-    target = tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target), str(src)],
-        check=True,
-        capture_output=True,
-    )
-    env = dict(os.environ, PYTHONPATH=str(target))
+    env = install_plugin(PLUGIN, tmp_path)
     code = textwrap.dedent(
         """
         import agentrl, gymnasium
@@ -158,18 +149,8 @@ PLAIN_PLUGIN = {
 
 
 def _install(tmp_path, files) -> dict[str, str]:
-    """Build and install a plugin package into a temp dir; returns an environment that sees it."""
-    src = tmp_path / "src"
-    for rel, text in files.items():
-        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        (src / rel).write_text(textwrap.dedent(text))
-    target = tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target), str(src)],
-        check=True,
-        capture_output=True,
-    )
-    return dict(os.environ, PYTHONPATH=str(target), COLUMNS="1000")
+    """The plug-in installed in a temp dir; wide COLUMNS so Rich output keeps one line per message."""
+    return {**install_plugin(files, tmp_path), "COLUMNS": "1000"}
 
 
 def test_a_plain_gymnasium_env_plugin_is_refused_with_one_line(tmp_path):
