@@ -73,12 +73,10 @@ def encode_runs(values: Sequence[int] | None) -> bytes | None:
     """Encode integers as ``value, count`` runs (see the module docstring); ``None`` stays ``None``."""
     if values is None:
         return None
-    pairs: list[int] = []
-    for value in values:
-        if pairs and pairs[-2] == value:
-            pairs[-1] += 1
-        else:
-            pairs += [value, 1]
+    flat = np.asarray(values, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]]) if len(flat) else np.empty(0, dtype=np.int64)
+    counts = np.diff(np.r_[starts, len(flat)])
+    pairs = np.stack([flat[starts], counts], axis=1).ravel().tolist()  # value, count, value, count, ...
     inner = encode_ints(pairs)
     assert inner is not None
     return bytes([RUNS]) + inner
