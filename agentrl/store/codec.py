@@ -23,6 +23,7 @@ transcript's 12,000 turn numbers take a few hundred bytes instead of 12 kB.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import sys
@@ -73,10 +74,9 @@ def encode_runs(values: Sequence[int] | None) -> bytes | None:
     """Encode integers as ``value, count`` runs (see the module docstring); ``None`` stays ``None``."""
     if values is None:
         return None
-    flat = np.asarray(values, dtype=np.int64)
-    starts = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]]) if len(flat) else np.empty(0, dtype=np.int64)
-    counts = np.diff(np.r_[starts, len(flat)])
-    pairs = np.stack([flat[starts], counts], axis=1).ravel().tolist()  # value, count, value, count, ...
+    pairs: list[int] = []
+    for value, run in itertools.groupby(values):
+        pairs += (value, len(list(run)))
     inner = encode_ints(pairs)
     assert inner is not None
     return bytes([RUNS]) + inner
