@@ -19,6 +19,7 @@ transformers = pytest.importorskip("transformers")
 
 from agentrl.algorithms import registry  # noqa: E402
 from agentrl.algorithms.registry import AdvantageShaper, AlgorithmConfigError, LossTerm, Reduce, Steps, Tokens  # noqa: E402
+from agentrl.config import setting  # noqa: E402
 from agentrl.testing import install_plugin, token_episode  # noqa: E402
 from agentrl.training.batch import build_batch  # noqa: E402
 from agentrl.training.config import LearnerConfig  # noqa: E402
@@ -35,7 +36,7 @@ class Clamp(AdvantageShaper):
 
     @dataclass
     class Config:
-        fraction: float = 0.5  # limit = fraction x max_batch |A|
+        fraction: float = setting(0.5, "limit = fraction x max_batch |A|")
 
     def __call__(self, steps: Steps, advantages: torch.Tensor, reduce: Reduce) -> torch.Tensor:
         limit = self.config.fraction * reduce.max(advantages.abs().max())
@@ -50,7 +51,7 @@ class Length(LossTerm):
 
     @dataclass
     class Config:
-        coef: float = 1.0
+        coef: float = setting(1.0, "weight of the log-likelihood in the loss")
 
     def __call__(self, tokens: Tokens) -> tuple[torch.Tensor, dict[str, float]]:
         value = tokens.aggregate(tokens.logp)
