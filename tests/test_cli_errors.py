@@ -66,14 +66,14 @@ def assert_one_line_error(out: subprocess.CompletedProcess, first_line: str, hin
         (("envs", "info", "textworld", "-e", "difficulty"), "error: --env-arg expects key=value, got 'difficulty'",
          "for example --env-arg max_turns=20"),
         (("envs", "info", "textworld", "-e", "difficulty=absurd"),
-         "error: agentrl/TextWorld-v0 rejected difficulty='absurd': unknown difficulty 'absurd'; choose one of easy, medium, hard",
+         "error: agentrl/TextWorld-v0 rejected difficulty='absurd': unknown difficulty 'absurd'; choose one of easy, long, medium, hard",
          "`agentrl envs info textworld` lists its arguments"),
         # names the registry and the env judge
         (("eval", "textwrld"), "error: unknown environment 'textwrld'; known aliases: alfworld, mle, scienceworld, textworld, webshop",
          "did you mean 'textworld'? see `agentrl envs list`"),
         (("eval", "textworld", "--split", "zzz"), "error: agentrl/TextWorld-v0 has no split 'zzz'", "choose one of train, valid, test"),
         (("play", "textworld", "--task", "easy/x"), "error: unknown TextWorld task 'easy/x': task ids look like "
-         "'<difficulty>/<seed>' with difficulty one of easy, medium, hard (e.g. 'easy/100003')", "tasks of split 'train': easy/0,"),
+         "'<difficulty>/<seed>' with difficulty one of easy, long, medium, hard (e.g. 'easy/100003')", "tasks of split 'train': easy/0,"),
         # errors met while working: a model path, a recipe's own check, a metrics file
         (("train", "textworld_grpo", "model=./missing"),
          "error: model './missing' not found: no such local directory", "save_pretrained"),

@@ -32,6 +32,7 @@ class Difficulty:
 
 DIFFICULTIES: dict[str, Difficulty] = {
     "easy": Difficulty(nb_rooms=2, nb_objects=4, quest_length=2),
+    "long": Difficulty(nb_rooms=2, nb_objects=4, quest_length=4),  # easy's small world, quests twice as long
     "medium": Difficulty(nb_rooms=4, nb_objects=8, quest_length=4),
     "hard": Difficulty(nb_rooms=8, nb_objects=15, quest_length=8),
 }
