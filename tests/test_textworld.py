@@ -6,7 +6,7 @@ import pytest
 
 import agentrl
 from agentrl.agents import ExpertAgent, RandomAgent
-from agentrl.environments.textworld.env import PANELS, game_path, parse_task_id, strip_banner
+from agentrl.environments.textworld.env import PANELS, game_path, generate_games, parse_task_id, strip_banner
 from agentrl.evaluation import evaluate
 
 
@@ -134,6 +134,7 @@ def test_random_agent_is_seeded(env):
 
 @pytest.mark.slow
 def test_expert_wins_every_task_of_the_valid_panel(env):
+    generate_games(env.task_ids("valid"))  # in two processes: most of this test is making the 50 games
     report = evaluate(env, ExpertAgent(), env_id="agentrl/TextWorld-v0", split="valid")
     assert len(report.episodes) == PANELS["valid"][1]
     lost = [(ep.task_id, ep.error) for ep in report.episodes if not ep.won]

@@ -82,6 +82,11 @@ def parse_task_id(task_id: str) -> tuple[str, int]:
     return difficulty, int(seed)
 
 
+def _cached(task_id: str) -> Path:
+    difficulty, seed = parse_task_id(task_id)
+    return cache_dir() / difficulty / f"{seed}.z8"
+
+
 def game_path(task_id: str) -> Path:
     """The compiled game for ``task_id``, generated and cached on first use (safe across processes)."""
     import textworld.generator
@@ -89,7 +94,7 @@ def game_path(task_id: str) -> Path:
     from textworld.generator import KnowledgeBase
 
     difficulty, seed = parse_task_id(task_id)
-    target = cache_dir() / difficulty / f"{seed}.z8"
+    target = _cached(task_id)
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -112,6 +117,23 @@ def game_path(task_id: str) -> Path:
         os.replace(compiled.with_suffix(".json"), target.with_suffix(".json"))
         os.replace(compiled, target)
     return target
+
+
+def generate_games(task_ids: list[str], jobs: int | None = None) -> list[Path]:
+    """Generate (or find cached) the games of ``task_ids`` in ``jobs`` processes (default: one per core).
+
+    TextWorld's generator is not thread-safe, so an env makes a missing game on its first reset, one at a
+    time (about 1.5 s each). A panel generated ahead in processes costs its size / jobs instead.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    missing = [task for task in task_ids if not _cached(task).exists()]
+    jobs = min(jobs or os.cpu_count() or 1, len(missing))
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(game_path, missing))
+    return [game_path(task) for task in task_ids]
 
 
 def refusal(command: str) -> str | None:
