@@ -76,6 +76,16 @@ class Config(RunOptions):
 
 
 def main(cfg: Config) -> dict[str, Any]:
+    from agentrl.training.run import Run, iteration_line, phase_seed
+
+    run = Run.open(cfg)  # an existing run is an error unless resume/overwrite
+    cfg = run.config  # on resume: the run's own config
+    if not cfg.model:
+        raise ConfigError("set model=PATH_OR_HUB_ID (a Hugging Face model directory or Hub id) for this recipe",
+                          hint="no download needed: `agentrl model tiny ./tiny` writes a small model to train")  # fmt: skip
+    cfg.rollout.validate()  # a misconfigured backend is refused before the run directory exists
+
+    # Refusals above come before torch is imported: a mistyped run answers in a second, not after 3 s of imports.
     import shutil
 
     import numpy as np
@@ -90,15 +100,8 @@ def main(cfg: Config) -> dict[str, Any]:
     from agentrl.rollout import Collector, ModelActor
     from agentrl.training.exactness import check_behaviour_logprobs
     from agentrl.training.learner import Learner
-    from agentrl.training.run import Run, iteration_line, phase_seed
     from agentrl.training.sft import demonstrations, sft_update
 
-    run = Run.open(cfg)  # an existing run is an error unless resume/overwrite
-    cfg = run.config  # on resume: the run's own config
-    if not cfg.model:
-        raise ConfigError("set model=PATH_OR_HUB_ID (a Hugging Face model directory or Hub id) for this recipe",
-                          hint="no download needed: `agentrl model tiny ./tiny` writes a small model to train")  # fmt: skip
-    cfg.rollout.validate()  # a misconfigured backend is refused before the run directory exists
     with run:
         # 1. policy (on the rollout backend), agent, environments, store, metrics, learner (restored on resume)
         torch.manual_seed(cfg.seed)
