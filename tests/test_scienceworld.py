@@ -232,10 +232,6 @@ def test_admissible_actions_only_when_asked(env):
         env.with_admissible = False
 
 
-def test_check_env_passes():
-    agentrl.check_env(agentrl.make("scienceworld", split="dev", max_turns=20))
-
-
 @pytest.mark.slow
 def test_expert_wins_every_task_type_on_dev_in_two_threads():
     """The gold path of the first dev variation of each of the 30 tasks wins (score 100).
