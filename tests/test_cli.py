@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 
 from agentrl.testing import installed_cli
 
@@ -96,3 +98,11 @@ def test_cli_modules_import_no_private_names_and_form_no_cycle():
     cycles = [name for name in graph if reaches(name, name, {name})]
     assert cycles == [], {name: graph[name] for name in cycles}
     assert "envs" not in graph["reflexion"] and "evaluate" not in graph["model"]
+
+
+def test_the_consoles_follow_columns_at_every_print_not_at_import():
+    """Rich fixes a console's width when COLUMNS is set at construction; the CLI's consoles are built at import,
+    so without care a table's width would depend on the environment of whoever imported agentrl.cli first."""
+    code = "import os\nfrom agentrl.cli.common import console, console_err\nos.environ['COLUMNS'] = '250'\nprint(console.width, console_err.width)"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "COLUMNS": "40"}, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["250", "250"]

@@ -27,8 +27,18 @@ __all__ = [
     "write_json",
 ]
 
-console = Console()
-console_err = Console(stderr=True, soft_wrap=True)
+
+
+def _live_width(made: Console) -> Console:
+    """``made``, sizing itself at every print. Rich fixes a console's width when COLUMNS is set at
+    construction, and these consoles are built at import: the width would depend on what happened to be
+    in the environment then (one process can run many commands: tests, ``CliRunner``, notebooks)."""
+    made._width = None
+    return made
+
+
+console = _live_width(Console())
+console_err = _live_width(Console(stderr=True, soft_wrap=True))
 
 # C0 controls but newline and tab, DEL, C1 controls (CSI, OSC ... in their 8-bit forms), and the
 # Unicode marks that reorder what a terminal shows (bidi embeddings, overrides and isolates).
