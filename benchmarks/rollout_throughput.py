@@ -21,7 +21,7 @@ from _common import write_result
 
 import agentrl
 from agentrl.agents.llm import ACTION_STOP, LLMAgent, prompt_format_for
-from agentrl.environments.textworld.env import game_path
+from agentrl.environments.textworld.env import generate_games
 from agentrl.policies import SamplingParams
 from agentrl.policies.hf import HFPolicy
 from agentrl.rollout import Collector, ModelActor
@@ -40,8 +40,7 @@ def main() -> None:
 
     tasks = agentrl.make("textworld", split="valid").task_ids()[: max(1, args.episodes // 2)]
     texts = []
-    for task in tasks:  # generate and cache the games up front: their generation is not what we measure
-        game_path(task)
+    generate_games(tasks)  # up front, in processes: their generation is not what we measure
     env = agentrl.make("textworld", split="valid")
     for task in tasks:
         obs, info = env.reset(options={"task": task})

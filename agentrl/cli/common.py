@@ -28,7 +28,6 @@ __all__ = [
 ]
 
 
-
 def _live_width(made: Console) -> Console:
     """``made``, sizing itself at every print. Rich fixes a console's width when COLUMNS is set at
     construction, and these consoles are built at import: the width would depend on what happened to be

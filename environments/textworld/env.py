@@ -83,6 +83,7 @@ def parse_task_id(task_id: str) -> tuple[str, int]:
 
 
 def _cached(task_id: str) -> Path:
+    """Where ``task_id``'s compiled game lives in the cache (it may not exist yet)."""
     difficulty, seed = parse_task_id(task_id)
     return cache_dir() / difficulty / f"{seed}.z8"
 
